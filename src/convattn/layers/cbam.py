@@ -1,0 +1,87 @@
+"""CBAM: Convolutional Block Attention Module.
+
+Paper: Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module", ECCV 2018,
+https://arxiv.org/abs/1807.06521, Eq. (1): ``F' = Mc(F) * F``, ``F'' = Ms(F') * F'``.
+
+All of the paper's ablation variants are arguments of the one module:
+- Table 1 (channel pooling): ``pool_types``, ``spatial=False``.
+- Table 2 (spatial branch): ``spatial_pooling`` ("avgmax" or "conv1x1"), ``kernel_size``.
+- Table 3 (arrangement): ``arrangement`` is "channel-spatial" (the paper's, default),
+  "spatial-channel" (``F' = Ms(F) * F``, ``F'' = Mc(F') * F'``) or "parallel". The paper
+  does not say how the parallel maps are combined; here both are computed from the same
+  input and multiplied onto it, ``F'' = Mc(F) * Ms(F) * F`` (each gate keeps its sigmoid).
+
+Deviations from the paper's equations are those of the authors' code and are switchable:
+``spatial_norm=True`` (BatchNorm in the spatial branch, gate starting at 0.5) and the
+spatial pooling order max-then-mean; see :mod:`convattn.layers.spatial`. With
+``spatial_norm=True`` the BatchNorm needs more than one value per batch in training mode
+(N * H * W > 1), as every BatchNorm; evaluation mode and ``spatial_norm=False`` take any
+input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ._checks import check_choice, check_feature_map
+from .channel import ChannelAttention
+from .spatial import SpatialAttention
+
+__all__ = ["ARRANGEMENTS", "CBAM"]
+
+ARRANGEMENTS = ("channel-spatial", "spatial-channel", "parallel")
+
+
+class CBAM(nn.Module):
+    """Channel then spatial attention on an (N, C, H, W) map; output has the input's shape.
+
+    Args:
+        channels: C, the number of input channels.
+        reduction: r of the channel MLP.
+        pool_types: channel-attention pools (subset of avg, max, lp, lse).
+        kernel_size: k of the spatial convolution (7 in the paper, 3 in its ablation).
+        spatial: ``False`` keeps the channel attention only.
+        arrangement: "channel-spatial", "spatial-channel" or "parallel".
+        spatial_pooling: "avgmax" or "conv1x1".
+        spatial_norm: BatchNorm in the spatial branch (authors' code) or not (paper).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        reduction: int = 16,
+        pool_types: Sequence[str] = ("avg", "max"),
+        kernel_size: int = 7,
+        spatial: bool = True,
+        arrangement: str = "channel-spatial",
+        spatial_pooling: str = "avgmax",
+        spatial_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.arrangement = check_choice("arrangement", arrangement, ARRANGEMENTS)
+        self.channels = channels
+        self.channel = ChannelAttention(channels, reduction=reduction, pool_types=pool_types)
+        self.spatial: SpatialAttention | None = None
+        if spatial:
+            self.spatial = SpatialAttention(
+                channels, kernel_size=kernel_size, pooling=spatial_pooling, norm=spatial_norm
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.channels, "CBAM")
+        if self.spatial is None:
+            return x * self.channel.gate(x)
+        if self.arrangement == "channel-spatial":
+            x = x * self.channel.gate(x)
+            return x * self.spatial.gate(x)
+        if self.arrangement == "spatial-channel":
+            x = x * self.spatial.gate(x)
+            return x * self.channel.gate(x)
+        return x * self.channel.gate(x) * self.spatial.gate(x)  # parallel
+
+    def extra_repr(self) -> str:
+        return f"arrangement={self.arrangement!r}"

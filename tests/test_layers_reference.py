@@ -1,0 +1,138 @@
+"""Each attention module against a hand-worked example or the float64 NumPy reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import reference as ref
+from convattn.layers import (
+    BAM,
+    CBAM,
+    ChannelAttention,
+    SelectiveKernel,
+    SpatialAttention,
+    SplitAttentionConv,
+    SqueezeExcite,
+)
+
+
+def _x(*shape, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_channel_attention_matches_hand_worked_example():
+    # Channel 0 holds [2, 1, 1, 1, 1, 1, 1, 0, 0]: avg 8/9, max 2. With r = 1, W0 = 0.5 I,
+    # W1 = I and no biases each pooled value passes a scalar MLP, so
+    # Mc_0 = sigmoid(0.5 * 8/9 + 0.5 * 2) = sigmoid(13/9) = 1 / (1 + 0.235883) = 0.809142.
+    x = torch.tensor(
+        [
+            [[2.0, 1, 1], [1, 1, 1], [1, 0, 0]],  # avg 8/9, max 2
+            [[3.0, 3, 3], [3, 3, 3], [3, 3, 3]],  # avg 3, max 3 -> sigmoid(3.0)
+            [[-1.0, -2, -1], [-1, -1, -1], [-1, -1, -1]],  # relu kills both -> sigmoid(0)
+        ]
+    )[None]
+    ca = ChannelAttention(3, reduction=1)
+    with torch.no_grad():
+        ca.fc1.weight.copy_(0.5 * torch.eye(3))
+        ca.fc2.weight.copy_(torch.eye(3))
+        ca.fc1.bias.zero_()
+        ca.fc2.bias.zero_()
+    gate = ca.gate(x).flatten()
+    assert gate[0].item() == pytest.approx(0.809142, abs=1e-6)
+    assert gate[1].item() == pytest.approx(1 / (1 + math.exp(-3.0)), abs=1e-6)
+    assert gate[2].item() == pytest.approx(0.5, abs=1e-7)
+    # The output scales every position of a channel by its gate.
+    assert torch.allclose(ca(x)[0, 0], x[0, 0] * gate[0])
+
+
+def test_spatial_attention_matches_hand_worked_example():
+    # Two channels, one position of interest. With a 1x1 kernel [w_max, w_mean] = [1, 2],
+    # no BatchNorm and bias -0.5, position (0, 0) has max 3, mean 2 -> sigmoid(3 + 4 - 0.5).
+    sa = SpatialAttention(kernel_size=1, norm=False)
+    with torch.no_grad():
+        sa.conv.weight.copy_(torch.tensor([1.0, 2.0]).view(1, 2, 1, 1))
+        sa.conv.bias.fill_(-0.5)
+    x = torch.tensor([[[[3.0, 0.0]], [[1.0, -2.0]]]])  # (1, 2, 1, 2)
+    gate = sa.gate(x).flatten()
+    assert gate[0].item() == pytest.approx(1 / (1 + math.exp(-6.5)), abs=1e-7)
+    assert gate[1].item() == pytest.approx(1 / (1 + math.exp(-(0.0 - 2.0 - 0.5))), abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    "pools", [("avg",), ("max",), ("avg", "max"), ("lp",), ("lse",), ("avg", "max", "lp", "lse")]
+)
+def test_channel_attention_matches_reference(pools):
+    x = _x(3, 20, 5, 7)
+    ca = ref.randomize_(ChannelAttention(20, reduction=4, pool_types=pools).double())
+    want = x.numpy() * ref.channel_gate(x.numpy(), ca, pools)
+    np.testing.assert_allclose(ca(x).detach().numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_squeeze_excite_is_avg_pool_channel_attention():
+    x = _x(2, 32, 4, 4)
+    se = ref.randomize_(SqueezeExcite(32).double())
+    want = x.numpy() * ref.channel_gate(x.numpy(), se, ("avg",))
+    np.testing.assert_allclose(se(x).detach().numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("pooling", ["avgmax", "conv1x1"])
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("kernel_size", [3, 7])
+@pytest.mark.parametrize("training", [False, True])
+def test_spatial_attention_matches_reference(pooling, norm, kernel_size, training):
+    x = _x(2, 6, 9, 5)
+    sa = ref.randomize_(
+        SpatialAttention(6, kernel_size=kernel_size, pooling=pooling, norm=norm).double()
+    )
+    sa.train(training)
+    want = x.numpy() * ref.spatial_gate(x.numpy(), sa, training=training)
+    np.testing.assert_allclose(sa(x).detach().numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("arrangement", ["channel-spatial", "spatial-channel", "parallel"])
+@pytest.mark.parametrize("spatial", [True, False])
+@pytest.mark.parametrize("training", [False, True])
+def test_cbam_matches_reference(arrangement, spatial, training):
+    x = _x(2, 32, 6, 8)
+    m = ref.randomize_(CBAM(32, arrangement=arrangement, spatial=spatial).double())
+    m.train(training)
+    want = ref.cbam(x.numpy(), m, training=training)
+    np.testing.assert_allclose(m(x).detach().numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_cbam_training_updates_spatial_running_stats_with_momentum_001():
+    m = CBAM(16).double().train()
+    x = _x(4, 16, 5, 5)
+    m(x)
+    # running_mean = 0.99 * 0 + 0.01 * batch mean of the conv output.
+    with torch.no_grad():
+        s = m.spatial.conv(m.spatial.pool(x * m.channel.gate(x)))
+    assert m.spatial.bn.running_mean.item() == pytest.approx(0.01 * s.mean().item(), rel=1e-9)
+
+
+def test_bam_matches_reference():
+    x = _x(2, 32, 9, 9)
+    m = ref.randomize_(BAM(32, reduction=4).double()).eval()
+    np.testing.assert_allclose(m(x).detach().numpy(), ref.bam(x.numpy(), m), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("stride,groups,branches", [(1, 1, 2), (2, 4, 2), (1, 2, 3)])
+def test_selective_kernel_matches_reference(stride, groups, branches):
+    x = _x(2, 8, 7, 6)
+    m = SelectiveKernel(8, 16, stride=stride, groups=groups, branches=branches, min_dim=4)
+    m = ref.randomize_(m.double()).eval()
+    want = ref.selective_kernel(x.numpy(), m)
+    np.testing.assert_allclose(m(x).detach().numpy(), want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("radix,groups,stride", [(2, 1, 1), (2, 2, 2), (4, 2, 1), (1, 2, 1)])
+def test_split_attention_matches_reference(radix, groups, stride):
+    x = _x(2, 16, 6, 5)
+    m = SplitAttentionConv(16, 8, radix=radix, groups=groups, stride=stride, min_dim=4)
+    m = ref.randomize_(m.double()).eval()
+    want = ref.split_attention(x.numpy(), m)
+    np.testing.assert_allclose(m(x).detach().numpy(), want, rtol=1e-9, atol=1e-11)
