@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+LINT := $(wildcard src tests benchmarks)
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint format bench clean
@@ -18,15 +19,15 @@ demo: $(STAMP)
 	$(BIN)/convattn demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(LINT)
+	$(BIN)/ruff format --check $(LINT)
 
 test: lint
 	$(BIN)/python -m pytest -n 2 -q
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format $(LINT)
+	$(BIN)/ruff check --fix $(LINT)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -e ".[dev,bench]"

@@ -13,6 +13,13 @@ from .layers import (
     create_attention,
     get_attention,
 )
+from .models import (
+    add_attention,
+    create_model,
+    list_models,
+    load_checkpoint,
+    profile,
+)
 
 try:
     __version__ = version("convattn")
@@ -28,6 +35,11 @@ __all__ = [
     "SplitAttentionConv",
     "SqueezeExcite",
     "__version__",
+    "add_attention",
     "create_attention",
+    "create_model",
     "get_attention",
+    "list_models",
+    "load_checkpoint",
+    "profile",
 ]

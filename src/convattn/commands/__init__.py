@@ -1,5 +1,5 @@
 """Subcommands of the ``convattn`` CLI; each module defines ``register(subparsers)``."""
 
-from . import demo
+from . import convert, demo, models
 
-COMMANDS = [demo]
+COMMANDS = [demo, models, convert]

@@ -1,0 +1,68 @@
+"""``convattn models`` and ``convattn summary``: the registry as tables."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..models import create_model, get_model_spec, list_models, profile
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list registered models with parameters and GFLOPs")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*cbam'")
+    p.add_argument(
+        "--no-flops", action="store_true", help="skip counting multiply-accumulates (faster)"
+    )
+    p.set_defaults(func=run_models)
+
+    s = sub.add_parser("summary", help="per-layer table (output shape, parameters) of a model")
+    s.add_argument("name", help="registered model name")
+    s.add_argument("--img-size", type=int, default=None, help="input size (default: model's)")
+    s.add_argument("--depth", type=int, default=3, help="nesting depth shown (default: 3)")
+    s.set_defaults(func=run_summary)
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def run_models(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        print(f"no model matches {args.pattern!r}")
+        return 1
+    header = "| model | params (M) | GFLOPs (GMACs) | input | paper params (M) | paper GFLOPs |"
+    print(header)
+    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    for name in names:
+        spec = get_model_spec(name)
+        with torch.device("meta"):  # count without allocating or computing
+            model = create_model(name)
+        prof = None if args.no_flops else profile(model, spec.input_size)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        size = "x".join(map(str, spec.input_size[1:]))
+        print(
+            f"| {name} | {params:.2f} | {_fmt(prof and prof.gmacs, 3)} | {size} | "
+            f"{_fmt(spec.paper_params_m, 2)} | {_fmt(spec.paper_gflops, 3)} |"
+        )
+    return 0
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from torchinfo import summary
+
+    spec = get_model_spec(args.name)
+    size = args.img_size or spec.input_size[1]
+    model = create_model(args.name)
+    print(
+        summary(
+            model,
+            input_size=(1, spec.input_size[0], size, size),
+            depth=args.depth,
+            col_names=("output_size", "num_params"),
+            verbose=0,
+        )
+    )
+    return 0

@@ -1,0 +1,180 @@
+"""Loading weights: the CBAM authors' checkpoints, torchvision backbones, our own files.
+
+Formats (detected from the keys, never from the file name alone):
+
+- ``authors``: the CBAM authors' released ResNet+CBAM checkpoints, a dict with a
+  ``state_dict`` whose keys carry DataParallel's ``module.`` prefix and name the gates
+  ``<block>.cbam.ChannelGate.mlp.{1,3}.*`` (the two Linear layers) and
+  ``<block>.cbam.SpatialGate.spatial.{conv,bn}.*``. Their backbone keys are torchvision's
+  and their spatial pooling order (max, then mean) is ours, so only the gate names change.
+- ``torchvision``: a torchvision ResNet/ResNeXt/WideResNet state dict. Backbone weights
+  load; attention layers keep their initialisation and are listed in the report.
+- ``convattn``: our checkpoints (a dict with ``model``) or a plain state dict, as ``.pt``
+  or ``.safetensors``.
+
+Files are read with ``torch.load(weights_only=True)`` (no pickled code runs) or
+safetensors. A mismatch raises :class:`CheckpointError` listing the offending keys unless
+``strict=False`` asks for a partial load.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "convert_authors_keys",
+    "detect_format",
+    "load_checkpoint",
+    "read_state_dict",
+]
+
+log = logging.getLogger(__name__)
+
+_AUTHORS_RENAMES = [
+    (re.compile(r"\.cbam\.ChannelGate\.mlp\.1\."), ".attn.channel.fc1."),
+    (re.compile(r"\.cbam\.ChannelGate\.mlp\.3\."), ".attn.channel.fc2."),
+    (re.compile(r"\.cbam\.SpatialGate\.spatial\.conv\."), ".attn.spatial.conv."),
+    (re.compile(r"\.cbam\.SpatialGate\.spatial\.bn\."), ".attn.spatial.bn."),
+]
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not fit the model; the message lists the offending keys."""
+
+
+@dataclass
+class LoadReport:
+    """What a load did: the detected format and the keys loaded, missing or skipped."""
+
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.format} checkpoint: {len(self.loaded)} tensors loaded"]
+        for name in ("missing", "unexpected", "mismatched"):
+            keys = getattr(self, name)
+            if keys:
+                shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+                parts.append(f"{len(keys)} {name} ({shown})")
+        return "; ".join(parts)
+
+
+def _is_url(path: str | Path) -> bool:
+    return urlparse(str(path)).scheme in ("http", "https", "file", "ftp")
+
+
+def _fetch(url: str) -> Path:
+    """Download ``url`` once into the torch hub cache and return the local file."""
+    name = Path(urlparse(url).path).name or "checkpoint.pt"
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(dest), progress=True)
+    return dest
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a file or URL and return its flat state dict (wrappers and prefixes removed)."""
+    file = _fetch(str(path)) if _is_url(path) else Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {file}")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: object = load_file(str(file))
+    else:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{file} holds no state dict of tensors")
+    out = {}
+    for k, v in obj.items():
+        for prefix in _WRAPPER_PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    return out
+
+
+def detect_format(state: Mapping[str, torch.Tensor], model: nn.Module) -> str:
+    """ "authors", "torchvision" (no attention keys, model has some) or "convattn"."""
+    if any(".cbam.ChannelGate." in k or ".cbam.SpatialGate." in k for k in state):
+        return "authors"
+    model_attn = {k for k in model.state_dict() if _is_attention_key(k)}
+    if model_attn and not any(_is_attention_key(k) for k in state):
+        return "torchvision"
+    return "convattn"
+
+
+def convert_authors_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the authors' CBAM keys to ours (other keys are unchanged)."""
+    out = {}
+    for k, v in state.items():
+        for pattern, repl in _AUTHORS_RENAMES:
+            k = pattern.sub(repl, k)
+        out[k] = v
+    return out
+
+
+def _is_attention_key(key: str) -> bool:
+    return ".attn." in key or ".bam." in key or key.split(".")[-2:-1] == ["bam"]
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) -> LoadReport:
+    """Load weights from ``path`` (file or URL) into ``model``, detecting the format.
+
+    Args:
+        model: the model to fill.
+        path: authors' checkpoint, torchvision state dict, convattn ``.pt`` or
+            ``.safetensors``, or a URL to any of those.
+        strict: raise :class:`CheckpointError` on missing, unexpected or mismatched keys
+            (for a torchvision backbone the attention layers may be missing). ``False``
+            loads what fits and reports the rest.
+
+    Returns:
+        A :class:`LoadReport`; its summary is also logged.
+    """
+    state = read_state_dict(path)
+    fmt = detect_format(state, model)
+    if fmt == "authors":
+        state = convert_authors_keys(state)
+    own = model.state_dict()
+    report = LoadReport(fmt)
+    report.unexpected = sorted(k for k in state if k not in own)
+    report.missing = sorted(k for k in own if k not in state)
+    report.mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    )
+    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    report.loaded = sorted(fits)
+    allowed_missing = [k for k in report.missing if fmt == "torchvision" and _is_attention_key(k)]
+    bad_missing = [k for k in report.missing if k not in allowed_missing]
+    if strict and (bad_missing or report.unexpected or report.mismatched):
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(model).__name__} ({fmt} format): "
+            f"missing {bad_missing[:20]}, unexpected {report.unexpected[:20]}, "
+            f"shape mismatch {report.mismatched[:20]}; pass strict=False for a partial load"
+        )
+    model.load_state_dict(fits, strict=False)
+    log.info("%s", report.summary())
+    return report

@@ -1,0 +1,27 @@
+"""Shared fixtures: models are built once per test session (per xdist worker)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import torch
+
+from convattn.models import create_model
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per worker: with -n 2 on two cores, more threads oversubscribe
+    # the machine and OpenMP's spin-waiting makes every test several times slower.
+    torch.set_num_threads(1)
+
+
+@functools.cache
+def cached_model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(name)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seed():
+    torch.manual_seed(0)

@@ -1,0 +1,217 @@
+"""Every registered model: shapes, finiteness, gradients, features, tracing, interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import cached_model
+from convattn.layers import BAM, ChannelAttention, SpatialAttention
+from convattn.models import create_model, get_model_spec, list_models
+
+ALL = list_models()
+
+
+def _input(name: str, batch: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(batch, 3, 32, 32, generator=g)  # 32 px: the smallest size supported
+
+
+def test_registry_has_every_architecture_and_attention():
+    for arch in (
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "wide_resnet18_1p5",
+        "wide_resnet18_2",
+        "resnext50_32x4d",
+        "resnext101_32x4d",
+        "cifar_resnet20",
+        "cifar_resnet32",
+        "cifar_resnet56",
+        "cifar_resnet110",
+        "cifar_resnet18",
+    ):
+        for suffix in ("", "_se", "_cbam", "_bam"):
+            assert arch + suffix in ALL
+    for name in ("mobilenet_v1", "mobilenet_v1_se", "mobilenet_v1_cbam", "mobilenet_v1_0p7_cbam"):
+        assert name in ALL
+    assert {"skresnet50", "resnest50"} <= set(ALL)
+    assert list_models("*_cbam") == [n for n in ALL if n.endswith("_cbam")]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_shape_and_finite_in_train_and_eval(name):
+    model = cached_model(name)
+    x = _input(name)
+    for mode in (True, False):
+        model.train(mode)
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape == (2, get_model_spec(name).num_classes)
+        assert torch.isfinite(out).all()
+
+
+def _may_be_zero(model: nn.Module) -> set[str]:
+    """Parameters whose gradient can be exactly zero at initialisation: a bias feeding a
+    training-mode BatchNorm (ResNeSt's ``fc1``, kept for weight compatibility), and the
+    channel MLPs of SE/CBAM/BAM, whose few hidden ReLU units (C // 16, zero bias) can be
+    off for a whole small batch. The layer tests check those gates' gradients with
+    random weights."""
+    out = set()
+    for name, m in model.named_modules():
+        if name.endswith("splat"):
+            out.add(f"{name}.fc1.bias")
+        if isinstance(m, ChannelAttention | BAM):
+            out |= {f"{name}.{p}" for p, _ in m.named_parameters() if not p.startswith("spatial")}
+    return out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_parameter_gets_a_gradient(name):
+    model = cached_model(name).train()
+    with torch.no_grad():  # open the spatial gates, which start closed at BN weight 0
+        for m in model.modules():
+            if isinstance(m, SpatialAttention) and m.bn is not None:
+                m.bn.weight.fill_(1.0)
+    model.zero_grad(set_to_none=True)
+    model(_input(name)).logsumexp(dim=1).sum().backward()
+    exempt = _may_be_zero(model)
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert pname in exempt or p.grad.abs().sum() > 0, pname
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SpatialAttention) and m.bn is not None:
+                m.bn.weight.zero_()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_stage_outputs_match_feature_info(name):
+    model = cached_model(name).eval()
+    x = _input(name)
+    with torch.no_grad():
+        outs = model.forward_stages(x)
+    assert len(outs) == len(model.feature_info)
+    for out, info in zip(outs, model.feature_info, strict=True):
+        assert out.shape[1] == info.num_chs
+        assert x.shape[-1] // out.shape[-1] == info.reduction
+    assert model.num_features == model.feature_info[-1].num_chs
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_trace_matches_eager(name):
+    model = cached_model(name).eval()
+    x = _input(name)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (x,), check_trace=False)
+        x2 = _input(name) * 0.5
+        torch.testing.assert_close(traced(x2), model(x2), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet50_cbam", "cifar_resnet20_bam", "mobilenet_v1_se"])
+def test_features_only_returns_selected_stages(name):
+    model = create_model(name, features_only=True, out_indices=(-2, -1)).eval()
+    assert model.fc is None
+    outs = model(_input(name))
+    assert isinstance(outs, list) and len(outs) == 2
+    for out, info in zip(outs, model.feature_info[-2:], strict=True):
+        assert out.shape[1] == info.num_chs
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model(name, features_only=True, out_indices=(9,))
+
+
+@pytest.mark.parametrize("size", [33, 48, 77])
+def test_any_input_size_from_32_px(size):
+    model = cached_model("resnet18_cbam").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size + 5)).shape == (1, 1000)
+
+
+def test_channels_last_matches_contiguous():
+    model = cached_model("resnet18_cbam").eval()
+    x = _input("resnet18_cbam")
+    with torch.no_grad():
+        ref = model(x)
+        model.to(memory_format=torch.channels_last)
+        out = model(x.contiguous(memory_format=torch.channels_last))
+        model.to(memory_format=torch.contiguous_format)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_head_interface():
+    model = create_model("cifar_resnet20_cbam")
+    x = _input("cifar_resnet20_cbam")
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 64, 8, 8)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 64)
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7) and model.get_classifier().out_features == 7
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 64)
+
+
+def test_attention_sits_after_last_bn_before_residual_add():
+    # Replace the attention with a recorder; it must see bn3's output, and the block output
+    # must be relu(attn(bn3) + shortcut).
+    model = create_model("resnet50_cbam").eval()
+    block = model.layer2[0]
+    seen = {}
+
+    class Probe(nn.Module):
+        def forward(self, t):
+            seen["in"] = t
+            return 2 * t
+
+    block.attn = Probe()
+    x = torch.randn(1, 256, 16, 16)
+    with torch.no_grad():
+        y = block(x)
+        out = block.bn3(block.conv3(block._mid(block.relu(block.bn1(block.conv1(x))))))
+        torch.testing.assert_close(seen["in"], out)
+        torch.testing.assert_close(y, torch.relu(2 * out + block.downsample(x)))
+
+
+def test_bam_sits_between_stages_only():
+    model = create_model("resnet50_bam")
+    assert [n for n, _ in model.named_modules() if n.endswith(".bam")] == [
+        "layer1.bam",
+        "layer2.bam",
+        "layer3.bam",
+    ]
+
+
+def test_initialisation_follows_authors_code():
+    model = create_model("resnet18_cbam", zero_init_last=True)
+    blk = model.layer1[0]
+    assert torch.all(blk.attn.spatial.bn.weight == 0)
+    assert torch.all(blk.bn2.weight == 0) and torch.all(blk.bn1.weight == 1)
+    w = model.layer3[0].conv1.weight  # Kaiming fan-out: std = sqrt(2 / (out * k * k))
+    assert w.std().item() == pytest.approx((2 / (256 * 9)) ** 0.5, rel=0.05)
+    assert torch.all(blk.attn.channel.fc1.bias == 0)
+    plain = create_model("resnet18_cbam")
+    assert torch.all(plain.layer1[0].bn2.weight == 1)
+
+
+def test_create_model_errors():
+    with pytest.raises(ValueError, match="closest: resnet50_cbam"):
+        create_model("resnet50_cbma")
+    with pytest.raises(ValueError, match="fixes attn_layer='cbam'"):
+        create_model("resnet50_cbam", attn_layer="se")
+    with pytest.raises(TypeError):
+        create_model("resnet18", not_an_argument=1)
+    # A keyword equal to the fixed value is fine, and attention options pass through.
+    m = create_model("resnet18_cbam", attn_layer="cbam", attn_kwargs={"kernel_size": 3})
+    assert m.layer1[0].attn.spatial.conv.kernel_size == (3, 3)
+
+
+def test_registry_metadata():
+    spec = get_model_spec("cifar_resnet20_cbam")
+    assert spec.input_size == (3, 32, 32) and spec.num_classes == 10
+    assert get_model_spec("resnet50_cbam").paper_top1_err == 22.66
+    assert create_model("cifar_resnet20").pretrained_cfg.name == "cifar_resnet20"
