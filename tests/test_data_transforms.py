@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from convattn.data import (
     AUTO_AUGMENTS,
@@ -32,6 +33,17 @@ def test_every_style_gives_uint8_square_images_from_pil_or_tensor(train, style, 
         out = t(image)
         assert type(out) is torch.Tensor and out.dtype == torch.uint8
         assert out.shape == (3, img_size, img_size)
+
+
+def test_tensor_pipelines_need_no_pil_conversion():
+    t = build_transform(train=True, img_size=32, style="cifar", native_size=32, pil_input=False)
+    out = t(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8))
+    assert type(out) is torch.Tensor and out.shape == (3, 32, 32)
+    assert not any(type(step).__name__ == "PILToTensor" for step in t.transforms)
+    identity = build_transform(
+        train=False, img_size=32, native_size=32, style="cifar", pil_input=False
+    )
+    assert isinstance(identity, v2.Identity)
 
 
 @pytest.mark.parametrize("img_size,short_side", [(224, 256), (160, 183), (32, 37), (288, 329)])

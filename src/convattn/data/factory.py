@@ -10,7 +10,9 @@
 * a ``.tar``/``.tar.gz``/``.tgz`` archive of such a tree, extracted once into the cache.
 
 Folders of small images (at most 64 px, e.g. CIFAR-10 as JPEG) are decoded once into
-memory (kind "cifar"); larger ones are decoded per sample (kind "imagenet-like").
+memory (kind "cifar") and normalised with their training split's statistics (computed
+once, cached); larger ones are decoded per sample (kind "imagenet-like") and normalised
+with ImageNet's statistics.
 
 Samples are ``(uint8 image (3, S, S), label)``; the dataset's ``batch_transform``
 (``uint8 -> float32`` and normalisation with ``info.mean``/``info.std``) is applied per
@@ -249,6 +251,7 @@ def build_dataset(
         style=style,
         native_size=src.native,
         auto_augment=auto_augment if train else None,
+        pil_input=not src.in_memory,
     )
     dataset.batch_transform = normalize_transform(mean, std)
     info = DatasetInfo(

@@ -65,7 +65,8 @@ def build_transform(
     style: str = "imagenet",
     native_size: int | None = None,
     auto_augment: str | None = None,
-) -> v2.Compose:
+    pil_input: bool = True,
+) -> v2.Transform:
     """The per-sample transform: PIL image or ``uint8`` tensor -> ``(3, S, S)`` ``uint8``.
 
     Args:
@@ -76,6 +77,8 @@ def build_transform(
             skip resizing when it equals ``img_size``.
         auto_augment: None, or one of :data:`AUTO_AUGMENTS` ("imagenet", "cifar10" and
             "svhn" are AutoAugment's policies); training only.
+        pil_input: end with ``PILToTensor`` (a few us a sample; tensors pass through it);
+            ``False`` for datasets of ``uint8`` tensors.
     """
     check_choice("style", style, STYLES)
     check_positive("img_size", img_size)
@@ -96,8 +99,9 @@ def build_transform(
         if not train:
             raise ValueError("auto_augment is a training transform; pass train=True")
         steps.append(_auto_augment(auto_augment))
-    steps.append(v2.PILToTensor())  # PIL -> uint8 tensor; tensors pass through
-    return v2.Compose(steps)
+    if pil_input:
+        steps.append(v2.PILToTensor())  # PIL -> uint8 tensor; tensors pass through
+    return v2.Compose(steps) if steps else v2.Identity()
 
 
 def normalize_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
