@@ -103,7 +103,9 @@ def channel_stats(
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of ``uint8`` images, scaled to [0, 1].
 
-    Accumulated in float64 over chunks so that memory stays small for 50k images.
+    Accumulated in float64 over chunks so that memory stays small for 50k images. A
+    channel that never varies gets std 1/255 (one grey level) so normalisation stays
+    finite.
     """
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
@@ -113,5 +115,5 @@ def channel_stats(
         total_sq += x.square().sum(dim=(0, 2, 3))
     count = max(1, images.shape[0] * images.shape[2] * images.shape[3])
     mean = total / count
-    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt().clamp_min(1 / 255)
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)

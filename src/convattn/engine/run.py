@@ -1,0 +1,121 @@
+"""The run folder: where a training run leaves everything a person or a script reads.
+
+``<output>/<name>/`` holds ``config.yaml`` (the resolved recipe), ``train.log``,
+``metrics.jsonl`` (one JSON object per epoch), ``checkpoint.pt`` (the latest, for
+``--resume``), ``best.safetensors`` (the best weights), ``summary.json`` and
+``summary.md`` (the paper-style table) and, optionally, TensorBoard event files.
+Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config, save_config
+
+__all__ = ["Run", "format_table"]
+
+log = logging.getLogger("convattn")
+
+
+class Run:
+    """Files of one run; every method is a no-op on processes other than the main one."""
+
+    def __init__(self, cfg: Config, *, main: bool = True, folder: str | Path | None = None) -> None:
+        self.main = main
+        if folder is None:
+            name = cfg.run.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+            folder = Path(cfg.run.output) / name
+        self.dir = Path(folder)
+        self.tb: Any = None
+        if not main:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.dir / "config.yaml")
+        handler = logging.FileHandler(self.dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        self._handler = handler
+        if not any(getattr(h, "_convattn_console", False) for h in log.handlers):
+            console = logging.StreamHandler(sys.stderr)
+            console.setFormatter(logging.Formatter("%(message)s"))
+            console._convattn_console = True  # type: ignore[attr-defined]
+            log.addHandler(console)
+        log.setLevel(logging.INFO)
+        if cfg.run.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard is not installed; run.tensorboard is ignored")
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / "best.safetensors"
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON line (and TensorBoard scalars)."""
+        if not self.main:
+            return
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self.tb is not None:
+            step = record.get("epoch", 0)
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "epoch":
+                    self.tb.add_scalar(k, v, step)
+
+    def write_summary(self, rows: list[dict[str, Any]]) -> str:
+        """Save ``summary.json`` and ``summary.md``; return the Markdown table."""
+        table = format_table(rows)
+        if self.main:
+            (self.dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+            (self.dir / "summary.md").write_text(table + "\n")
+        return table
+
+    def close(self) -> None:
+        if not self.main:
+            return
+        if self.tb is not None:
+            self.tb.close()
+        log.removeHandler(self._handler)
+        self._handler.close()
+
+
+_COLUMNS = [
+    ("model", "model", "{}"),
+    ("params (M)", "params_m", "{:.2f}"),
+    ("GFLOPs", "gmacs", "{:.3f}"),
+    ("top-1 err (%)", "top1_err", "{:.2f}"),
+    ("top-5 err (%)", "top5_err", "{:.2f}"),
+    ("train img/s", "train_images_per_s", "{:.0f}"),
+    ("eval img/s", "eval_images_per_s", "{:.0f}"),
+]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table in the layout of the CBAM paper's Table 4 (plus throughput)."""
+    lines = ["| " + " | ".join(c[0] for c in _COLUMNS) + " |"]
+    lines.append("| --- |" + " ---: |" * (len(_COLUMNS) - 1))
+    for row in rows:
+        cells = []
+        for _, key, fmt in _COLUMNS:
+            v = row.get(key)
+            cells.append("-" if v is None else fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
