@@ -1,0 +1,128 @@
+"""Model-level cost of CBAM: training step and inference of ResNet-50 with and without it.
+
+Compares, in one process with the candidates alternating and the median of repeats:
+our ``resnet50`` (no attention), ``resnet50_cbam`` (``impl="auto"``: the fused kernels
+where they apply) and ``resnet50_cbam`` with ``impl="eager"``, and timm's ResNet-50 with its
+``CbamModule`` in every block; eagerly and under ``torch.compile``. A training step is
+forward, cross-entropy, backward and an SGD step; inference is a forward without gradients
+in evaluation mode. Ratios are against the plain ResNet-50 in the same mode.
+
+    python benchmarks/bench_models.py                       # ResNet-50, batch 16, 224 px
+    python benchmarks/bench_models.py --arch cifar_resnet20 --batch 128 --size 32
+
+Needs timm (``pip install -e .[bench]``) for the timm rows. Prints a Markdown table and
+writes JSON (default ``benchmarks/results/bench_models.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from convattn.models import create_model
+
+
+def candidates(arch: str, timm_too: bool) -> dict[str, Callable[[], torch.nn.Module]]:
+    out = {
+        arch: lambda: create_model(arch),
+        f"{arch}_cbam (ours, auto)": lambda: create_model(f"{arch}_cbam"),
+        f"{arch}_cbam (ours, eager)": lambda: create_model(
+            f"{arch}_cbam", attn_kwargs={"impl": "eager"}
+        ),
+    }
+    if timm_too:
+        import timm
+
+        out["timm resnet50 + CbamModule"] = lambda: timm.create_model(
+            "resnet50", block_args={"attn_layer": "cbam"}
+        )
+    return out
+
+
+def make_step(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool, compile_: bool
+):
+    fn = torch.compile(model) if compile_ else model
+    if train:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step() -> None:
+            loss = F.cross_entropy(fn(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+    model.eval()
+
+    def infer() -> None:
+        with torch.no_grad():
+            fn(x)
+
+    return infer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
+    ap.add_argument("--no-timm", action="store_true")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--out", default="benchmarks/results/bench_models.json")
+    args = ap.parse_args()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    timm_too = not args.no_timm and args.arch == "resnet50"
+    x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
+    rows = []
+    for mode in args.modes:
+        for phase in ("train", "infer"):
+            steps, times = {}, {}
+            for name, build in candidates(args.arch, timm_too).items():
+                torch.manual_seed(0)
+                model = build().to(memory_format=fmt)
+                y = torch.randint(0, 1000, (args.batch,)) % model(x[:1]).shape[1]
+                steps[name] = make_step(model, x, y, phase == "train", mode == "compiled")
+                for _ in range(args.warmup):  # includes compilation
+                    steps[name]()
+                times[name] = []
+            for _ in range(args.repeats):  # alternate candidates
+                for name, step in steps.items():
+                    t0 = time.perf_counter()
+                    step()
+                    times[name].append(time.perf_counter() - t0)
+            base = statistics.median(times[args.arch])
+            for name, ts in times.items():
+                med = statistics.median(ts)
+                rows.append({"mode": mode, "phase": phase, "model": name, "median_s": med,
+                             "ratio": med / base, "times_s": ts})  # fmt: skip
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; batch "
+          f"{args.batch}, {args.size} px, channels_last {args.channels_last}, "
+          f"median of {args.repeats}\n")  # fmt: skip
+    print("| mode | phase | model | median (ms) | vs plain |")
+    print("| --- | --- | --- | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['mode']} | {r['phase']} | {r['model']} | {1e3 * r['median_s']:.0f} | "
+              f"{r['ratio']:.2f}x |")  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
