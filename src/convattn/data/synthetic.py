@@ -5,12 +5,20 @@ random position and scale, in a random colour, over a random two-colour gradient
 *distractors*: thin line segments and thin ellipses drawn from the same colour
 distribution as the object. No class shape is thin or elongated, so the distractors never
 form a class object; colour, background, clutter and position are drawn independently of
-the class, so only the object's shape decides the label. Half the images are inverted
-(light background, dark objects) and every pixel gets a little uniform noise.
+the class, so only the object's shape decides the label. Every third distractor is drawn
+over the object (partial occlusion), half the images are inverted (light background,
+dark objects) and every pixel gets a little uniform noise. Sample ``i`` has label
+``i % 10``, so every split is exactly balanced.
+
+Difficulty (default settings, 5000 training images): a 5-layer CNN of 0.14M parameters
+is near chance after one epoch and reaches about 97% validation accuracy after ten
+(``benchmarks/synthetic_learnability.py``), leaving room to compare architectures.
 
 All ten shapes are left-right symmetric, so horizontal flips keep the label. The object's
 bounding box (``xyxy`` pixels, every pixel the object touches) is kept in
-:attr:`SyntheticShapes.boxes` so that localisation (e.g. Grad-CAM) can be measured.
+:attr:`SyntheticShapes.boxes` so that localisation (e.g. Grad-CAM) can be measured; it
+refers to the stored images, which the evaluation transform at the stored size leaves
+unchanged.
 
 Determinism: every random number of sample ``i`` is a hash of ``(seed, split, i, what)``,
 so sample ``i`` is the same whatever the split size, chunking, worker count or order.
