@@ -1,0 +1,328 @@
+// Per-sample building blocks of the fused CBAM kernels (see fused_cbam.cpp).
+//
+// One sample of an (N, C, H, W) map is a dense R x K row-major matrix: for contiguous
+// (NCHW) input the rows are channels (R = C, K = H*W); for channels_last (NHWC) input the
+// rows are positions (R = H*W, K = C). Every primitive below works on that matrix, so one
+// code path serves both memory formats; `Slab` maps "per channel" / "per position" onto
+// rows and columns. Inner loops run along contiguous memory and are written for the
+// compiler's vectoriser (`#pragma omp simd`, no OpenMP runtime needed).
+//
+// Max pooling keeps the FIRST index of the maximum (ties are measure-zero for real data);
+// a NaN anywhere in a pooled set makes the max NaN, as torch.amax does.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace convattn {
+
+using idx_t = int64_t;
+
+template <typename T>
+inline T sigmoid(T z) {
+  return T(1) / (T(1) + std::exp(-z));
+}
+
+// ---- pooling -------------------------------------------------------------------------
+
+// Row pooling (for each r over k) and/or column pooling (for each k over r) of
+// e[r, k] = m[r, k] * ru[r] * cv[k]. Row outputs: rsum, rmax, ridx; column: csum, cmax, cidx.
+template <typename T, bool ROWS, bool COLS>
+void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum, T* rmax,
+          int32_t* ridx, T* csum, T* cmax, int32_t* cidx) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  if (COLS) {
+    std::fill(csum, csum + K, T(0));
+    std::fill(cmax, cmax + K, ninf);
+    std::fill(cidx, cidx + K, 0);
+  }
+  for (idx_t r = 0; r < R; ++r) {
+    const T* mr = m + r * K;
+    const T u = ru[r];
+    T s = 0, mx = ninf;
+    if (COLS) {
+      const int32_t ri = static_cast<int32_t>(r);
+#pragma omp simd reduction(+ : s) reduction(max : mx)
+      for (idx_t k = 0; k < K; ++k) {
+        const T e = mr[k] * u * cv[k];
+        if (ROWS) {
+          s += e;
+          mx = std::max(mx, e);
+        }
+        const T old = cmax[k];
+        const bool gt = e > old;
+        csum[k] += e;
+        cmax[k] = gt ? e : old;
+        cidx[k] = gt ? ri : cidx[k];
+      }
+    } else {
+#pragma omp simd reduction(+ : s) reduction(max : mx)
+      for (idx_t k = 0; k < K; ++k) {
+        const T e = mr[k] * u * cv[k];
+        s += e;
+        mx = std::max(mx, e);
+      }
+    }
+    if (ROWS) {
+      idx_t at = 0;
+      if (std::isnan(s)) {  // a NaN (or inf - inf): report the first NaN, if any
+        while (at < K && !std::isnan(mr[at] * u * cv[at])) ++at;
+        if (at < K) mx = std::numeric_limits<T>::quiet_NaN();
+        at = at < K ? at : 0;
+      } else {
+        while (at < K - 1 && !(mr[at] * u * cv[at] == mx)) ++at;
+      }
+      rsum[r] = s;
+      rmax[r] = mx;
+      ridx[r] = static_cast<int32_t>(at);
+    }
+  }
+  if (COLS) {
+    for (idx_t k = 0; k < K; ++k) {
+      if (!std::isnan(csum[k])) continue;
+      for (idx_t r = 0; r < R; ++r) {
+        if (std::isnan(m[r * K + k] * ru[r] * cv[k])) {
+          cmax[k] = std::numeric_limits<T>::quiet_NaN();
+          cidx[k] = static_cast<int32_t>(r);
+          break;
+        }
+      }
+    }
+  }
+}
+
+// y[r, k] = m[r, k] * ru[r] * cv[k].
+template <typename T>
+void scale(const T* m, T* y, idx_t R, idx_t K, const T* ru, const T* cv) {
+  for (idx_t r = 0; r < R; ++r) {
+    const T u = ru[r];
+    const T* mr = m + r * K;
+    T* yr = y + r * K;
+#pragma omp simd
+    for (idx_t k = 0; k < K; ++k) yr[k] = mr[k] * u * cv[k];
+  }
+}
+
+// ---- backward reductions and the gradient write --------------------------------------
+
+// With p = g * x: rsum[r] = sum_k p * cv[k] (if ROWS), csum[k] = sum_r p * ru[r] (if COLS).
+template <typename T, bool ROWS, bool COLS>
+void reduce_gx(const T* g, const T* x, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum,
+               T* csum) {
+  if (COLS) std::fill(csum, csum + K, T(0));
+  for (idx_t r = 0; r < R; ++r) {
+    const T* gr = g + r * K;
+    const T* xr = x + r * K;
+    const T u = ru[r];
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (idx_t k = 0; k < K; ++k) {
+      const T p = gr[k] * xr[k];
+      if (ROWS) s += p * cv[k];
+      if (COLS) csum[k] += p * u;
+    }
+    if (ROWS) rsum[r] = s;
+  }
+}
+
+// Weighted sums of m with J <= 3 weight vectors: along rows, out[j][r] = sum_k m[r,k] w[j][k];
+// along columns, out[j][k] = sum_r m[r,k] w[j][r].
+template <typename T>
+void wsum_rows(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const* out) {
+  for (idx_t r = 0; r < R; ++r) {
+    const T* mr = m + r * K;
+    T s0 = 0, s1 = 0, s2 = 0;
+    const T* w0 = w[0];
+    const T* w1 = J > 1 ? w[1] : w[0];
+    const T* w2 = J > 2 ? w[2] : w[0];
+    if (J == 1) {
+#pragma omp simd reduction(+ : s0)
+      for (idx_t k = 0; k < K; ++k) s0 += mr[k] * w0[k];
+    } else {
+#pragma omp simd reduction(+ : s0, s1, s2)
+      for (idx_t k = 0; k < K; ++k) {
+        s0 += mr[k] * w0[k];
+        s1 += mr[k] * w1[k];
+        s2 += mr[k] * w2[k];
+      }
+    }
+    out[0][r] = s0;
+    if (J > 1) out[1][r] = s1;
+    if (J > 2) out[2][r] = s2;
+  }
+}
+
+template <typename T>
+void wsum_cols(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const* out) {
+  for (int j = 0; j < J; ++j) std::fill(out[j], out[j] + K, T(0));
+  for (idx_t r = 0; r < R; ++r) {
+    const T* mr = m + r * K;
+    for (int j = 0; j < J; ++j) {
+      const T wj = w[j][r];
+      T* oj = out[j];
+#pragma omp simd
+      for (idx_t k = 0; k < K; ++k) oj[k] += mr[k] * wj;
+    }
+  }
+}
+
+// y[r, k] = g[r, k] * U[r] * V[k] + P[r] * Q[k] + D[r] + E[k].
+template <typename T>
+void write_grad(const T* g, T* y, idx_t R, idx_t K, const T* U, const T* V, const T* P,
+                const T* Q, const T* D, const T* E) {
+  for (idx_t r = 0; r < R; ++r) {
+    const T u = U[r], p = P[r], d = D[r];
+    const T* gr = g + r * K;
+    T* yr = y + r * K;
+#pragma omp simd
+    for (idx_t k = 0; k < K; ++k) yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k]));
+  }
+}
+
+// ---- the k x k 'same' convolution of the spatial branch (2 maps in, 1 out) -----------
+
+// Valid output columns [lo, hi) for kernel column kj: input column w + kj - pad in [0, W).
+inline void col_range(idx_t W, int kj, int pad, idx_t* lo, idx_t* hi) {
+  *lo = std::max<idx_t>(0, pad - kj);
+  *hi = std::min<idx_t>(W, W + pad - kj);
+}
+
+// out (H, W) = sum_ci conv(in[ci], w[ci]); in is (2, H, W), w is (2, k, k).
+template <typename T>
+void conv_fwd(const T* in, const T* w, T* out, idx_t H, idx_t W, int k) {
+  const int pad = k / 2;
+  std::fill(out, out + H * W, T(0));
+  for (idx_t h = 0; h < H; ++h) {
+    T* orow = out + h * W;
+    for (int ci = 0; ci < 2; ++ci) {
+      for (int ki = 0; ki < k; ++ki) {
+        const idx_t hh = h + ki - pad;
+        if (hh < 0 || hh >= H) continue;
+        const T* irow = in + (ci * H + hh) * W;
+        for (int kj = 0; kj < k; ++kj) {
+          const T wt = w[(ci * k + ki) * k + kj];
+          idx_t lo, hi;
+          col_range(W, kj, pad, &lo, &hi);
+          const T* src = irow + kj - pad;
+#pragma omp simd
+          for (idx_t x = lo; x < hi; ++x) orow[x] += wt * src[x];
+        }
+      }
+    }
+  }
+}
+
+// gin (2, H, W) = conv_transpose(gout (H, W), w): the input gradient of conv_fwd.
+template <typename T>
+void conv_bwd_input(const T* gout, const T* w, T* gin, idx_t H, idx_t W, int k) {
+  const int pad = k / 2;
+  std::fill(gin, gin + 2 * H * W, T(0));
+  for (idx_t h = 0; h < H; ++h) {
+    const T* grow = gout + h * W;
+    for (int ci = 0; ci < 2; ++ci) {
+      for (int ki = 0; ki < k; ++ki) {
+        const idx_t hh = h + ki - pad;
+        if (hh < 0 || hh >= H) continue;
+        T* irow = gin + (ci * H + hh) * W;
+        for (int kj = 0; kj < k; ++kj) {
+          const T wt = w[(ci * k + ki) * k + kj];
+          idx_t lo, hi;
+          col_range(W, kj, pad, &lo, &hi);
+          T* dst = irow + kj - pad;
+#pragma omp simd
+          for (idx_t x = lo; x < hi; ++x) dst[x] += wt * grow[x];
+        }
+      }
+    }
+  }
+}
+
+// gw (2, k, k) += weight gradient of conv_fwd for input `in` and output gradient `gout`.
+template <typename T>
+void conv_bwd_weight(const T* in, const T* gout, double* gw, idx_t H, idx_t W, int k) {
+  const int pad = k / 2;
+  for (int ci = 0; ci < 2; ++ci) {
+    for (int ki = 0; ki < k; ++ki) {
+      for (int kj = 0; kj < k; ++kj) {
+        idx_t lo, hi;
+        col_range(W, kj, pad, &lo, &hi);
+        T acc = 0;
+        for (idx_t h = 0; h < H; ++h) {
+          const idx_t hh = h + ki - pad;
+          if (hh < 0 || hh >= H) continue;
+          const T* src = in + (ci * H + hh) * W + kj - pad;
+          const T* grow = gout + h * W;
+#pragma omp simd reduction(+ : acc)
+          for (idx_t x = lo; x < hi; ++x) acc += src[x] * grow[x];
+        }
+        gw[(ci * k + ki) * k + kj] += acc;
+      }
+    }
+  }
+}
+
+// ---- the shared channel MLP: logits = sum_p fc2(relu(fc1(v_p))) ----------------------
+
+template <typename T>
+struct Mlp {
+  const T* w1;  // (Hd, C)
+  const T* b1;  // (Hd)
+  const T* w2;  // (C, Hd)
+  const T* b2;  // (C)
+  idx_t C, Hd;
+};
+
+// h[p] = fc1(v[p]) (pre-ReLU, P x Hd); gate = sigmoid(fc2(sum_p relu(h[p])) + P * b2).
+template <typename T>
+void mlp_forward(const Mlp<T>& f, const T* const* v, int P, T* h, T* rsum, T* gate) {
+  std::fill(rsum, rsum + f.Hd, T(0));
+  for (int p = 0; p < P; ++p) {
+    for (idx_t j = 0; j < f.Hd; ++j) {
+      const T* wr = f.w1 + j * f.C;
+      const T* vp = v[p];
+      T s = 0;
+#pragma omp simd reduction(+ : s)
+      for (idx_t c = 0; c < f.C; ++c) s += wr[c] * vp[c];
+      h[p * f.Hd + j] = s + f.b1[j];
+      rsum[j] += std::max(h[p * f.Hd + j], T(0));
+    }
+  }
+  for (idx_t c = 0; c < f.C; ++c) {
+    const T* wr = f.w2 + c * f.Hd;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (idx_t j = 0; j < f.Hd; ++j) s += wr[j] * rsum[j];
+    gate[c] = sigmoid(s + T(P) * f.b2[c]);
+  }
+}
+
+// From d loss / d gate: glogit (C), gh[p] = d loss / d h[p] (P x Hd), gv[p] (C each).
+// `gr` is scratch of Hd.
+template <typename T>
+void mlp_backward(const Mlp<T>& f, int P, const T* h, const T* gate, const T* ggate,
+                  T* glogit, T* gr, T* gh, T* const* gv) {
+  for (idx_t c = 0; c < f.C; ++c) glogit[c] = ggate[c] * gate[c] * (T(1) - gate[c]);
+  std::fill(gr, gr + f.Hd, T(0));
+  for (idx_t c = 0; c < f.C; ++c) {
+    const T* wr = f.w2 + c * f.Hd;
+    const T gl = glogit[c];
+#pragma omp simd
+    for (idx_t j = 0; j < f.Hd; ++j) gr[j] += wr[j] * gl;
+  }
+  for (int p = 0; p < P; ++p) {
+    T* ghp = gh + p * f.Hd;
+    for (idx_t j = 0; j < f.Hd; ++j) ghp[j] = h[p * f.Hd + j] > T(0) ? gr[j] : T(0);
+    T* gvp = gv[p];
+    std::fill(gvp, gvp + f.C, T(0));
+    for (idx_t j = 0; j < f.Hd; ++j) {
+      const T* wr = f.w1 + j * f.C;
+      const T gj = ghp[j];
+#pragma omp simd
+      for (idx_t c = 0; c < f.C; ++c) gvp[c] += wr[c] * gj;
+    }
+  }
+}
+
+}  // namespace convattn
