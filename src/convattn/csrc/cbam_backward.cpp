@@ -8,17 +8,18 @@ namespace {
 template <typename T>
 struct Scratch {
   std::vector<T> buf;
-  T *ms, *t, *gsbn, *G, *G0, *G2, *gm, *gmc, *gva, *gvm, *tc, *h, *gr, *ghs;
-  Scratch(idx_t C, idx_t HW, idx_t Hd, int P) : buf(12 * HW + 4 * C + 2 * P * Hd + 2 * Hd + C) {
+  T *ms, *t, *gsbn, *G, *gm, *gmc, *gva, *gvm, *tc, *h, *gr, *ghs, *cbuf;
+  Scratch(idx_t C, idx_t HW, idx_t Hd, int P, idx_t conv_scratch)
+      : buf(8 * HW + 4 * C + 2 * P * Hd + 2 * Hd + C + conv_scratch) {
     T* q = buf.data();
     auto take = [&q](idx_t n) {
       T* r = q;
       q += n;
       return r;
     };
-    ms = take(HW), t = take(HW), gsbn = take(HW), G = take(2 * HW), G0 = take(2 * HW);
-    G2 = take(2 * HW), gm = take(3 * HW), gmc = take(C), gva = take(C), gvm = take(C);
-    tc = take(C), h = take(P * Hd), gr = take(Hd + C), ghs = take(P * Hd + Hd);
+    ms = take(HW), t = take(HW), gsbn = take(HW), G = take(2 * HW), gm = take(3 * HW);
+    gmc = take(C), gva = take(C), gvm = take(C), tc = take(C), h = take(P * Hd);
+    gr = take(Hd + C), ghs = take(P * Hd + Hd), cbuf = take(conv_scratch);
   }
 };
 
@@ -35,7 +36,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   const bool spatial = arr != kChannel;
   const bool sync = spatial && norm && batch_stats;
   auto opt = x.options();
-  at::Tensor gx = need_gx ? at::empty_like(x) : at::Tensor();
+  at::Tensor gx = need_gx ? empty_output_like(x) : at::Tensor();
   at::Tensor glogit = at::empty({N, C}, opt);
   at::Tensor rsum = at::empty({N, Hd}, opt);
   at::Tensor gh = at::empty({P, N, Hd}, opt);
@@ -65,13 +66,14 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   std::vector<T> gmc_all(N * C);           // sum_p g x ms, per channel
   std::vector<T> gv_all(spatial ? 2 * N * C : 0);  // pooled-vector gradients (avg, max)
   std::vector<T> sig_all(cs_sync ? 3 * N * C : 0);  // x-weighted sums of three components
+  std::vector<T> G_all(cs_sync ? 4 * N * HW : 0);    // conv_transpose of gs and of s
   const idx_t nw = num_workers(N);
   std::vector<Scratch<T>> work;
-  for (idx_t i = 0; i < nw; ++i) work.emplace_back(C, HW, Hd, P);
+  for (idx_t i = 0; i < nw; ++i) work.emplace_back(C, HW, Hd, P, st.conv.scratch());
   std::vector<double> gw_acc(nw * 2 * k * k, 0.0);
   // conv_transpose of a map of ones: the BatchNorm mean term, the same for every sample.
   std::vector<T> g_ones(cs_sync ? 2 * HW : 0);
-  if (cs_sync) conv_bwd_input(one_p, st.cw, g_ones.data(), st.H, st.W, k);
+  if (cs_sync) st.conv.backward_input(one_p, st.cw, g_ones.data(), work[0].cbuf);
   double cb = 0, cs = 0;  // the normalised logit gradient is A gs + cb + cs s
 
   auto gate_map = [&](idx_t n, T* ms) {
@@ -133,8 +135,15 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     const T* gs = gs_all.data() + n * HW;
     gate_map(n, w.ms);
     for (idx_t p = 0; p < HW; ++p) w.gsbn[p] = A * gs[p] + T(cb) + T(cs) * sn[p];
-    conv_bwd_weight(mapsp + n * 2 * HW, w.gsbn, gw_acc.data() + wk * 2 * k * k, st.H, st.W, k);
-    conv_bwd_input(w.gsbn, st.cw, w.G, st.H, st.W, k);
+    st.conv.backward_weight(mapsp + n * 2 * HW, w.gsbn, gw_acc.data() + wk * 2 * k * k, w.cbuf);
+    if (cs_sync) {  // conv_transpose is linear: combine the stored components
+      const T* G0 = G_all.data() + n * 4 * HW;
+      const T* G2 = G0 + 2 * HW;
+      const T* G1 = g_ones.data();
+      for (idx_t p = 0; p < 2 * HW; ++p) w.G[p] = A * G0[p] + T(cb) * G1[p] + T(cs) * G2[p];
+    } else {
+      st.conv.backward_input(w.gsbn, st.cw, w.G, w.cbuf);
+    }
     T* gmax = w.G;
     T* gmean = w.G + HW;
     const T* mcn = mcp + n * C;
@@ -202,9 +211,11 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     for (idx_t p = 0; p < HW; ++p) gs[p] = w.t[p] * w.ms[p] * (T(1) - w.ms[p]);
     if (!sync) return finish(n, wk);
     if (arr == kChannelSpatial) {  // the x-weighted sums of the components gs, 1 and s
-      conv_bwd_input(gs, st.cw, w.G0, st.H, st.W, k);
-      conv_bwd_input(sp + n * HW, st.cw, w.G2, st.H, st.W, k);
-      const T* Gs[3] = {w.G0, g_ones.data(), w.G2};
+      T* G0 = G_all.data() + n * 4 * HW;
+      T* G2 = G0 + 2 * HW;
+      st.conv.backward_input(gs, st.cw, G0, w.cbuf);
+      st.conv.backward_input(sp + n * HW, st.cw, G2, w.cbuf);
+      const T* Gs[3] = {G0, g_ones.data(), G2};
       T* outs[3] = {sig_all.data() + n * C, sig_all.data() + (N + n) * C,
                     sig_all.data() + (2 * N + n) * C};
       gate_sums(n, 3, Gs, outs, w);
@@ -234,11 +245,18 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       for_each_sample(N, finish);
     }
   }
-  // Parameter gradients of the MLP and the conv, from the per-sample pieces.
-  at::Tensor gh2 = gh.view({P * N, Hd});
-  at::Tensor gw1 = gh2.t().mm(v.view({P * N, C}));
-  at::Tensor gb1 = gh2.sum(0);
-  at::Tensor gw2 = glogit.t().mm(rsum);
+  // Parameter gradients of the MLP and the conv, from the per-sample pieces (plain loops:
+  // these products are tiny, and a BLAS call right after the loops costs milliseconds).
+  at::Tensor gw1 = at::empty({Hd, C}, opt), gw2 = at::empty({C, Hd}, opt);
+  T* gw1p = gw1.data_ptr<T>();
+  T* gw2p = gw2.data_ptr<T>();
+  at::parallel_for(0, Hd + C, 16, [&](idx_t b, idx_t e) {
+    const idx_t b1 = std::min(b, Hd), e1 = std::min(e, Hd);
+    if (e1 > b1) outer_sum(ghp, vp, P * N, Hd, C, gw1p, b1, e1);  // sum_q gh_q^T v_q
+    const idx_t b2 = std::max(b, Hd) - Hd, e2 = std::max(e, Hd) - Hd;
+    if (e2 > b2) outer_sum(glp, rsp, N, C, Hd, gw2p, b2, e2);  // glogit^T sum_p relu(h_p)
+  });
+  at::Tensor gb1 = gh.sum({0, 1});
   at::Tensor gb2 = glogit.sum(0).mul_(double(P));
   at::Tensor gconv_w;
   if (spatial) {

@@ -17,7 +17,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
   const bool spatial = st.arr != kChannel;
   auto opt = x.options();
   auto iopt = opt.dtype(at::kInt);
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = empty_output_like(x);
   at::Tensor mc = at::empty({N, C}, opt);
   at::Tensor v = at::empty({st.P, N, C}, opt);              // pooled vectors, avg then max
   at::Tensor ihw = at::zeros({N, C}, iopt);                 // argmax over positions
@@ -33,7 +33,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
   int32_t* icp = ic.data_ptr<int32_t>();
   T* sp = s.data_ptr<T>();
   const idx_t nw = num_workers(N);
-  const idx_t scratch = 2 * C + (st.P + 1) * Hd + HW;
+  const idx_t scratch = 2 * C + (st.P + 1) * Hd + HW + st.conv.scratch();
   std::vector<T> work(nw * scratch);
   std::vector<int32_t> iwork(nw * C);
 
@@ -52,13 +52,14 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
     mlp_forward(st.mlp, vs, st.P, h, h + st.P * Hd, mcp + n * C);
   };
   // Spatial pooling maps of x * cs and the conv output s.
-  auto spatial_logits = [&](idx_t n, const T* xn, const T* cs) {
+  auto conv_buf = [&](idx_t wk) { return work.data() + wk * scratch + 2 * C + (st.P + 1) * Hd + HW; };
+  auto spatial_logits = [&](idx_t n, idx_t wk, const T* xn, const T* cs) {
     T* mp = mapsp + n * 2 * HW;
     pool_sample<T>(S, xn, cs, st.ones_p.data(), nullptr, nullptr, nullptr, mp + HW, mp,
                    icp + n * HW);
     const T inv = T(1) / T(C);
     for (idx_t p = 0; p < HW; ++p) mp[HW + p] *= inv;
-    conv_fwd(mp, st.cw, sp + n * HW, st.H, st.W, st.k);
+    st.conv.forward(mp, st.cw, sp + n * HW, conv_buf(wk));
   };
 
   auto phase1 = [&](idx_t n, idx_t wk) {
@@ -71,7 +72,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
       pool_sample<T>(S, xn, st.ones_c.data(), st.ones_p.data(), csum, cmax, cidx, nullptr,
                      nullptr, nullptr);
       channel_gate(n, csum, cmax, cidx, h);
-      if (st.arr == kChannelSpatial) spatial_logits(n, xn, mcp + n * C);
+      if (st.arr == kChannelSpatial) spatial_logits(n, wk, xn, mcp + n * C);
     } else if (st.arr == kParallel) {
       T* mp = mapsp + n * 2 * HW;
       pool_sample<T>(S, xn, st.ones_c.data(), st.ones_p.data(), csum, cmax, cidx, mp + HW, mp,
@@ -79,9 +80,9 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
       channel_gate(n, csum, cmax, cidx, h);
       const T inv = T(1) / T(C);
       for (idx_t p = 0; p < HW; ++p) mp[HW + p] *= inv;
-      conv_fwd(mp, st.cw, sp + n * HW, st.H, st.W, st.k);
+      st.conv.forward(mp, st.cw, sp + n * HW, conv_buf(wk));
     } else {  // spatial-channel: the spatial map comes first
-      spatial_logits(n, xn, st.ones_c.data());
+      spatial_logits(n, wk, xn, st.ones_c.data());
     }
   };
   std::vector<double> aff;

@@ -38,10 +38,12 @@ void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum, T* rm
     std::fill(cmax, cmax + K, ninf);
     std::fill(cidx, cidx + K, 0);
   }
+  constexpr idx_t kBlock = 256;  // the row argmax is searched in the block of the max only
   for (idx_t r = 0; r < R; ++r) {
     const T* mr = m + r * K;
     const T u = ru[r];
     T s = 0, mx = ninf;
+    idx_t mblock = 0;
     if (COLS) {
       const int32_t ri = static_cast<int32_t>(r);
 #pragma omp simd reduction(+ : s) reduction(max : mx)
@@ -58,11 +60,19 @@ void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum, T* rm
         cidx[k] = gt ? ri : cidx[k];
       }
     } else {
-#pragma omp simd reduction(+ : s) reduction(max : mx)
-      for (idx_t k = 0; k < K; ++k) {
-        const T e = mr[k] * u * cv[k];
-        s += e;
-        mx = std::max(mx, e);
+      for (idx_t k0 = 0; k0 < K; k0 += kBlock) {
+        const idx_t k1 = std::min(K, k0 + kBlock);
+        T bm = ninf;
+#pragma omp simd reduction(+ : s) reduction(max : bm)
+        for (idx_t k = k0; k < k1; ++k) {
+          const T e = mr[k] * u * cv[k];
+          s += e;
+          bm = std::max(bm, e);
+        }
+        if (bm > mx) {
+          mx = bm;
+          mblock = k0;
+        }
       }
     }
     if (ROWS) {
@@ -72,6 +82,7 @@ void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum, T* rm
         if (at < K) mx = std::numeric_limits<T>::quiet_NaN();
         at = at < K ? at : 0;
       } else {
+        at = COLS ? 0 : mblock;
         while (at < K - 1 && !(mr[at] * u * cv[at] == mx)) ++at;
       }
       rsum[r] = s;
@@ -182,86 +193,81 @@ void write_grad(const T* g, T* y, idx_t R, idx_t K, const T* U, const T* V, cons
 }
 
 // ---- the k x k 'same' convolution of the spatial branch (2 maps in, 1 out) -----------
-
-// Valid output columns [lo, hi) for kernel column kj: input column w + kj - pad in [0, W).
-inline void col_range(idx_t W, int kj, int pad, idx_t* lo, idx_t* hi) {
-  *lo = std::max<idx_t>(0, pad - kj);
-  *hi = std::min<idx_t>(W, W + pad - kj);
-}
-
-// out (H, W) = sum_ci conv(in[ci], w[ci]); in is (2, H, W), w is (2, k, k).
+//
+// Maps are copied into zero-padded buffers of row stride Wp = W + 2 pad; a tap (ki, kj) is
+// then one flat loop over H * Wp "wide" outputs reading the buffer at offset ki Wp + kj, so
+// every inner loop is long, unclipped and vectorisable whatever W is. The Wp - W columns
+// past each row are junk and dropped (or zero, where a wide map is an input).
 template <typename T>
-void conv_fwd(const T* in, const T* w, T* out, idx_t H, idx_t W, int k) {
-  const int pad = k / 2;
-  std::fill(out, out + H * W, T(0));
-  for (idx_t h = 0; h < H; ++h) {
-    T* orow = out + h * W;
-    for (int ci = 0; ci < 2; ++ci) {
-      for (int ki = 0; ki < k; ++ki) {
-        const idx_t hh = h + ki - pad;
-        if (hh < 0 || hh >= H) continue;
-        const T* irow = in + (ci * H + hh) * W;
-        for (int kj = 0; kj < k; ++kj) {
-          const T wt = w[(ci * k + ki) * k + kj];
-          idx_t lo, hi;
-          col_range(W, kj, pad, &lo, &hi);
-          const T* src = irow + kj - pad;
+struct MapConv {
+  idx_t H, W, pad, Wp, n_pad, n_wide;
+  int k;
+  MapConv(idx_t H_, idx_t W_, int k_)
+      : H(H_), W(W_), pad(k_ / 2), Wp(W_ + 2 * (k_ / 2)), k(k_) {
+    n_pad = (H + 2 * pad) * Wp + 2 * pad;  // + slack read by the last row's junk columns
+    n_wide = H * Wp;
+  }
+  idx_t scratch() const { return 2 * n_pad + n_wide; }
+
+  void pad_into(const T* src, T* dst) const {
+    std::fill(dst, dst + n_pad, T(0));
+    for (idx_t h = 0; h < H; ++h) std::copy(src + h * W, src + (h + 1) * W, dst + (h + pad) * Wp + pad);
+  }
+  void wide_to_map(const T* wide, T* dst) const {
+    for (idx_t h = 0; h < H; ++h) std::copy(wide + h * Wp, wide + h * Wp + W, dst + h * W);
+  }
+  // wide += wt * padded[off ...] over the H * Wp wide outputs.
+  void tap(const T* padded, idx_t off, T wt, T* wide) const {
+    const T* src = padded + off;
 #pragma omp simd
-          for (idx_t x = lo; x < hi; ++x) orow[x] += wt * src[x];
-        }
-      }
+    for (idx_t i = 0; i < n_wide; ++i) wide[i] += wt * src[i];
+  }
+
+  // out (H, W) = sum_ci corr(in[ci], w[ci]); in is (2, H, W), w is (2, k, k).
+  void forward(const T* in, const T* w, T* out, T* buf) const {
+    T* wide = buf + 2 * n_pad;
+    std::fill(wide, wide + n_wide, T(0));
+    for (int ci = 0; ci < 2; ++ci) {
+      pad_into(in + ci * H * W, buf + ci * n_pad);
+      for (int ki = 0; ki < k; ++ki)
+        for (int kj = 0; kj < k; ++kj)
+          tap(buf + ci * n_pad, ki * Wp + kj, w[(ci * k + ki) * k + kj], wide);
+    }
+    wide_to_map(wide, out);
+  }
+  // gin (2, H, W) = input gradient of forward for output gradient gout (H, W): the
+  // correlation of the padded gout with the flipped kernel.
+  void backward_input(const T* gout, const T* w, T* gin, T* buf) const {
+    T* wide = buf + 2 * n_pad;
+    pad_into(gout, buf);
+    for (int ci = 0; ci < 2; ++ci) {
+      std::fill(wide, wide + n_wide, T(0));
+      for (int ki = 0; ki < k; ++ki)
+        for (int kj = 0; kj < k; ++kj)
+          tap(buf, ki * Wp + kj, w[(ci * k + k - 1 - ki) * k + k - 1 - kj], wide);
+      wide_to_map(wide, gin + ci * H * W);
     }
   }
-}
-
-// gin (2, H, W) = conv_transpose(gout (H, W), w): the input gradient of conv_fwd.
-template <typename T>
-void conv_bwd_input(const T* gout, const T* w, T* gin, idx_t H, idx_t W, int k) {
-  const int pad = k / 2;
-  std::fill(gin, gin + 2 * H * W, T(0));
-  for (idx_t h = 0; h < H; ++h) {
-    const T* grow = gout + h * W;
+  // gw (2, k, k) += weight gradient of forward for input in (2, H, W) and gradient gout.
+  void backward_weight(const T* in, const T* gout, double* gw, T* buf) const {
+    T* wide = buf + 2 * n_pad;
+    std::fill(wide, wide + n_wide, T(0));
+    for (idx_t h = 0; h < H; ++h) std::copy(gout + h * W, gout + (h + 1) * W, wide + h * Wp);
     for (int ci = 0; ci < 2; ++ci) {
+      T* padded = buf + ci * n_pad;
+      pad_into(in + ci * H * W, padded);
       for (int ki = 0; ki < k; ++ki) {
-        const idx_t hh = h + ki - pad;
-        if (hh < 0 || hh >= H) continue;
-        T* irow = gin + (ci * H + hh) * W;
         for (int kj = 0; kj < k; ++kj) {
-          const T wt = w[(ci * k + ki) * k + kj];
-          idx_t lo, hi;
-          col_range(W, kj, pad, &lo, &hi);
-          T* dst = irow + kj - pad;
-#pragma omp simd
-          for (idx_t x = lo; x < hi; ++x) dst[x] += wt * grow[x];
-        }
-      }
-    }
-  }
-}
-
-// gw (2, k, k) += weight gradient of conv_fwd for input `in` and output gradient `gout`.
-template <typename T>
-void conv_bwd_weight(const T* in, const T* gout, double* gw, idx_t H, idx_t W, int k) {
-  const int pad = k / 2;
-  for (int ci = 0; ci < 2; ++ci) {
-    for (int ki = 0; ki < k; ++ki) {
-      for (int kj = 0; kj < k; ++kj) {
-        idx_t lo, hi;
-        col_range(W, kj, pad, &lo, &hi);
-        T acc = 0;
-        for (idx_t h = 0; h < H; ++h) {
-          const idx_t hh = h + ki - pad;
-          if (hh < 0 || hh >= H) continue;
-          const T* src = in + (ci * H + hh) * W + kj - pad;
-          const T* grow = gout + h * W;
+          const T* src = padded + ki * Wp + kj;
+          T acc = 0;
 #pragma omp simd reduction(+ : acc)
-          for (idx_t x = lo; x < hi; ++x) acc += src[x] * grow[x];
+          for (idx_t i = 0; i < n_wide; ++i) acc += src[i] * wide[i];
+          gw[(ci * k + ki) * k + kj] += acc;
         }
-        gw[(ci * k + ki) * k + kj] += acc;
       }
     }
   }
-}
+};
 
 // ---- the shared channel MLP: logits = sum_p fc2(relu(fc1(v_p))) ----------------------
 
@@ -321,6 +327,21 @@ void mlp_backward(const Mlp<T>& f, int P, const T* h, const T* gate, const T* gg
       const T gj = ghp[j];
 #pragma omp simd
       for (idx_t c = 0; c < f.C; ++c) gvp[c] += wr[c] * gj;
+    }
+  }
+}
+
+// out (a x b) = A^T B for row-major A (Q x a) and B (Q x b); rows [i0, i1) of out only.
+template <typename T>
+void outer_sum(const T* A, const T* B, idx_t Q, idx_t a, idx_t b, T* out, idx_t i0, idx_t i1) {
+  std::fill(out + i0 * b, out + i1 * b, T(0));
+  for (idx_t q = 0; q < Q; ++q) {
+    const T* bq = B + q * b;
+    for (idx_t i = i0; i < i1; ++i) {
+      const T ai = A[q * a + i];
+      T* oi = out + i * b;
+#pragma omp simd
+      for (idx_t j = 0; j < b; ++j) oi[j] += ai * bq[j];
     }
   }
 }

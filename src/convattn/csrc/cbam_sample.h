@@ -13,7 +13,12 @@
 #include <ATen/ops/zeros.h>
 
 #include <atomic>
+#include <cstdint>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "cbam_kernels.h"
 
@@ -32,6 +37,24 @@ struct Slab {
 
 inline idx_t num_workers(idx_t n) {
   return std::max<idx_t>(1, std::min<idx_t>(at::get_num_threads(), n));
+}
+
+// A new tensor-sized output is written exactly once, and most of that write's cost is
+// page faults on 4 KiB pages; where transparent huge pages are available on request
+// (Linux "madvise" mode), ask for them on the output's untouched pages. Advice only:
+// nothing changes where it is refused.
+inline at::Tensor empty_output_like(const at::Tensor& x) {
+  at::Tensor y = at::empty_like(x);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t huge = uintptr_t(1) << 21;
+  if (y.nbytes() >= 4 * huge) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(y.data_ptr());
+    const uintptr_t lo = (p + huge - 1) & ~(huge - 1);
+    const uintptr_t hi = (p + y.nbytes()) & ~(huge - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+  }
+#endif
+  return y;
 }
 
 // body(n, worker) for every sample, workers taking the next free sample.
@@ -148,11 +171,13 @@ struct Setup {
   bool avg, mx;
   Mlp<T> mlp;
   const T* cw;  // conv weight (2, k, k) or nullptr
+  MapConv<T> conv;
   std::vector<T> ones_c, ones_p, zeros_c, zeros_p;
 
   Setup(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
         const at::Tensor& b2, const c10::optional<at::Tensor>& conv_w, int64_t arrangement,
-        bool use_avg, bool use_max) {
+        bool use_avg, bool use_max)
+      : conv(x.size(2), x.size(3), conv_w.has_value() && conv_w->defined() ? conv_w->size(-1) : 1) {
     N = x.size(0);
     H = x.size(2);
     W = x.size(3);
