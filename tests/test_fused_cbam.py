@@ -12,7 +12,7 @@ import torch
 
 import reference as ref
 from convattn import _jit
-from convattn.layers import CBAM, ChannelAttention, SqueezeExcite, fused_cbam
+from convattn.layers import CBAM, ChannelAttention, SqueezeExcite, _fused_ops
 from convattn.layers.fused_cbam import fused_unsupported
 
 ARRS = ["channel-spatial", "spatial-channel", "parallel", "channel-only"]
@@ -22,7 +22,7 @@ CL = torch.channels_last
 @pytest.fixture(autouse=True)
 def calls(monkeypatch):
     """Counts the fused operator calls, so a test cannot pass by running eager twice."""
-    ops = _jit.load_fused()
+    ops = _fused_ops.fused_ops()
     if ops is None:
         pytest.skip("fused extension unavailable")
     count = {"forward": 0, "backward": 0}
@@ -35,7 +35,7 @@ def calls(monkeypatch):
         return f
 
     spy = _jit.FusedOps(counted("forward", ops.forward), counted("backward", ops.backward))
-    monkeypatch.setattr(fused_cbam, "load_fused", lambda: spy)
+    monkeypatch.setattr(_fused_ops, "load_fused", lambda: spy)
     return count
 
 
@@ -221,7 +221,7 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
 
     monkeypatch.setattr(_jit, "_state", {})
     monkeypatch.setattr(_jit, "_build", broken)
-    monkeypatch.setattr(fused_cbam, "load_fused", _jit.load_fused)
+    monkeypatch.setattr(_fused_ops, "load_fused", _jit.load_fused)
     m = ref.randomize_(CBAM(16, reduction=4, impl="fused"))
     x = _x(2, 16, 4, 4, dtype=torch.float32)
     with pytest.warns(RuntimeWarning, match="could not build"):
@@ -255,9 +255,23 @@ def test_auto_exports_to_onnx_and_traces(tmp_path, calls):
     assert calls["forward"] == 1  # and the module itself runs fused again
 
 
-def test_auto_under_torch_compile_runs_eager_operations(calls):
-    m = ref.randomize_(CBAM(16, reduction=4)).train()
-    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
-    x = _x(2, 16, 6, 5, dtype=torch.float32).requires_grad_()
-    compiled(x).sum().backward()
-    assert calls["forward"] == 0
+@pytest.mark.parametrize("arrangement", ["channel-spatial", "channel-only"])
+def test_compiled_graph_calls_the_fused_operator_and_matches_eager(arrangement):
+    eager, fused = _pair(16, arrangement, torch.float32, reduction=4)
+    fused.impl = "auto"
+    targets = []
+
+    def record(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes)
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    compiled = torch.compile(fused, backend=record, fullgraph=True)
+    x = _x(2, 16, 6, 5, dtype=torch.float32, fmt=CL)
+    g = _x(2, 16, 6, 5, dtype=torch.float32, seed=3)
+    got, want = _run(compiled, x, g), _run(eager, x, g)
+    assert "convattn.cbam_forward.default" in targets
+    for a, b in zip(got[:2], want[:2], strict=True):
+        torch.testing.assert_close(a, b)
+    got_state = {k.removeprefix("_orig_mod."): v for k, v in {**got[2], **got[3]}.items()}
+    for name, w in {**want[2], **want[3]}.items():
+        torch.testing.assert_close(got_state[name], w, msg=lambda m, n=name: f"{n}: {m}")

@@ -7,7 +7,7 @@ namespace convattn {
 
 using OptTensor = c10::optional<at::Tensor>;
 
-// Returns {y, mc, v, idx_hw, maps, idx_c, s, stats}; see fused_cbam.cpp for their meaning.
+// Returns {y, mc, v, idx_hw, maps, idx_c, s, stats, batch}; see fused_cbam.cpp.
 std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1,
                                      const at::Tensor& b1, const at::Tensor& w2,
                                      const at::Tensor& b2, const OptTensor& conv_w,
@@ -15,9 +15,9 @@ std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1,
                                      const OptTensor& bn_b, const OptTensor& running_mean,
                                      const OptTensor& running_var, int64_t arrangement,
                                      bool use_avg, bool use_max, bool norm, bool batch_stats,
-                                     double factor, double eps);
+                                     double eps);
 
-// Returns {gx, gw1, gb1, gw2, gb2, gconv_w, gconv_b, gbn_w, gbn_b} (undefined where absent).
+// Returns {gx, gw1, gb1, gw2, gb2, gconv_w, gconv_b, gbn_w, gbn_b}; absent ones are empty.
 std::vector<at::Tensor> cbam_backward(
     const at::Tensor& g, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
     const at::Tensor& w2, const at::Tensor& b2, const OptTensor& conv_w, const at::Tensor& mc,

@@ -36,7 +36,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   const bool spatial = arr != kChannel;
   const bool sync = spatial && norm && batch_stats;
   auto opt = x.options();
-  at::Tensor gx = need_gx ? empty_output_like(x) : at::Tensor();
+  at::Tensor gx = need_gx ? empty_output_like(x) : at::empty({0}, x.options());
   at::Tensor glogit = at::empty({N, C}, opt);
   at::Tensor rsum = at::empty({N, Hd}, opt);
   at::Tensor gh = at::empty({P, N, Hd}, opt);
@@ -224,7 +224,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
 
   for_each_sample(N, start);
   // BatchNorm (or conv bias) gradients from the per-sample logit gradients.
-  at::Tensor gconv_b, gbn_w, gbn_b;
+  auto none = [&opt] { return at::empty({0}, opt); };  // distinct: outputs never alias
+  at::Tensor gconv_b = none(), gbn_w = none(), gbn_b = none(), gconv_w = none();
   if (spatial) {
     const double mean = aff[2], invstd = aff[3];
     double s1 = 0, s2 = 0;
@@ -258,7 +259,6 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   });
   at::Tensor gb1 = gh.sum({0, 1});
   at::Tensor gb2 = glogit.sum(0).mul_(double(P));
-  at::Tensor gconv_w;
   if (spatial) {
     std::vector<double> acc(2 * k * k, 0.0);
     for (idx_t i = 0; i < nw; ++i)

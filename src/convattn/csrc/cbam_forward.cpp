@@ -10,8 +10,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
                                      const c10::optional<at::Tensor>& bn_w,
                                      const c10::optional<at::Tensor>& bn_b,
                                      const c10::optional<at::Tensor>& rm,
-                                     const c10::optional<at::Tensor>& rv, double factor,
-                                     double eps) {
+                                     const c10::optional<at::Tensor>& rv, double eps) {
   const Slab& S = st.S;
   const idx_t N = st.N, C = S.C, HW = S.HW, Hd = st.Hd;
   const bool spatial = st.arr != kChannel;
@@ -110,19 +109,22 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
   const bool sync = spatial && norm && batch_stats;
   if (!spatial || !sync) {
     if (spatial)
-      aff = spatial_affine<T>(sp, 0, norm, false, conv_b, bn_w, bn_b, rm, rv, factor, eps);
+      aff = spatial_affine<T>(sp, 0, norm, false, conv_b, bn_w, bn_b, rm, rv, eps);
     for_each_sample(N, [&](idx_t n, idx_t wk) {
       phase1(n, wk);
       phase2(n, wk);
     });
   } else {
     for_each_sample(N, phase1);
-    aff = spatial_affine<T>(sp, N * HW, norm, true, conv_b, bn_w, bn_b, rm, rv, factor, eps);
+    aff = spatial_affine<T>(sp, N * HW, norm, true, conv_b, bn_w, bn_b, rm, rv, eps);
     for_each_sample(N, phase2);
   }
-  if (aff.empty()) aff = {1.0, 0.0, 0.0, 1.0};
+  if (aff.empty()) aff = {1.0, 0.0, 0.0, 1.0, 0.0};
+  // stats {A, B, mean, invstd} for backward; batch {mean, unbiased var} for running stats.
+  at::Tensor batch = at::tensor(std::vector<double>{aff[2], aff[4]}, opt.dtype(at::kDouble));
+  aff.pop_back();
   at::Tensor stats = at::tensor(aff, opt.dtype(at::kDouble));
-  return {y, mc, v, ihw, maps, ic, s, stats};
+  return {y, mc, v, ihw, maps, ic, s, stats, batch.to(x.scalar_type())};
 }
 
 
@@ -135,13 +137,13 @@ std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1,
                                      const OptTensor& bn_b, const OptTensor& running_mean,
                                      const OptTensor& running_var, int64_t arrangement,
                                      bool use_avg, bool use_max, bool norm, bool batch_stats,
-                                     double factor, double eps) {
+                                     double eps) {
   check_args(x, {w1, b1, w2, b2}, conv_w, arrangement, use_avg, use_max);
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_forward", [&] {
     Setup<scalar_t> st(x, w1, b1, w2, b2, conv_w, arrangement, use_avg, use_max);
     out = forward_impl<scalar_t>(x, st, norm, batch_stats, conv_b, bn_w, bn_b, running_mean,
-                                 running_var, factor, eps);
+                                 running_var, eps);
   });
   return out;
 }

@@ -199,20 +199,21 @@ struct Setup {
   int max_slot() const { return avg ? 1 : 0; }
 };
 
-// Running statistics and the batch statistics of s, (N, HW): returns {A, B, mean, invstd}
-// with the spatial gate ms = sigmoid(A s + B).
+// The spatial gate's affine map ms = sigmoid(A s + B) from the batch statistics of s
+// (N * HW values) or the running statistics: returns {A, B, mean, invstd, unbiased var}.
+// The caller updates the running statistics (so that these kernels mutate nothing).
 template <typename T>
 std::vector<double> spatial_affine(const T* s, idx_t M, bool norm, bool batch_stats,
                                    const c10::optional<at::Tensor>& conv_b,
                                    const c10::optional<at::Tensor>& bn_w,
                                    const c10::optional<at::Tensor>& bn_b,
                                    const c10::optional<at::Tensor>& rm,
-                                   const c10::optional<at::Tensor>& rv, double factor, double eps) {
+                                   const c10::optional<at::Tensor>& rv, double eps) {
   if (!norm) {
     const T* b = ptr_or_null<T>(conv_b);
-    return {1.0, b ? double(b[0]) : 0.0, 0.0, 1.0};
+    return {1.0, b ? double(b[0]) : 0.0, 0.0, 1.0, 0.0};
   }
-  double mean, var;
+  double mean, var, unbiased = 0;
   if (batch_stats) {
     double acc = 0;
     for (idx_t i = 0; i < M; ++i) acc += s[i];
@@ -220,12 +221,7 @@ std::vector<double> spatial_affine(const T* s, idx_t M, bool norm, bool batch_st
     double sq = 0;
     for (idx_t i = 0; i < M; ++i) sq += (s[i] - mean) * (s[i] - mean);
     var = sq / double(M);
-    if (rm.has_value() && rm->defined()) {  // running statistics, unbiased variance
-      T* m = rm->data_ptr<T>();
-      T* v = rv->data_ptr<T>();
-      m[0] = T((1 - factor) * double(m[0]) + factor * mean);
-      v[0] = T((1 - factor) * double(v[0]) + factor * var * double(M) / double(M - 1));
-    }
+    unbiased = M > 1 ? sq / double(M - 1) : 0.0;
   } else {
     mean = double(rm->data_ptr<T>()[0]);
     var = double(rv->data_ptr<T>()[0]);
@@ -235,7 +231,7 @@ std::vector<double> spatial_affine(const T* s, idx_t M, bool norm, bool batch_st
   const T* gb = ptr_or_null<T>(bn_b);
   const double a = (gw ? double(gw[0]) : 1.0) * invstd;
   const double b = (gb ? double(gb[0]) : 0.0) - mean * a;
-  return {a, b, mean, invstd};
+  return {a, b, mean, invstd, unbiased};
 }
 
 }  // namespace convattn

@@ -29,9 +29,9 @@
 TORCH_LIBRARY(convattn, m) {
   m.def(
       "cbam_forward(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? conv_w, "
-      "Tensor? conv_b, Tensor? bn_w, Tensor? bn_b, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, int arrangement, bool use_avg, bool use_max, bool norm, "
-      "bool batch_stats, float factor, float eps) -> Tensor[]");
+      "Tensor? conv_b, Tensor? bn_w, Tensor? bn_b, Tensor? running_mean, "
+      "Tensor? running_var, int arrangement, bool use_avg, bool use_max, bool norm, "
+      "bool batch_stats, float eps) -> Tensor[]");
   m.def(
       "cbam_backward(Tensor g, Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
       "Tensor? conv_w, Tensor mc, Tensor v, Tensor idx_hw, Tensor maps, Tensor idx_c, "
