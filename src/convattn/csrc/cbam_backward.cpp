@@ -247,18 +247,26 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     }
   }
   // Parameter gradients of the MLP and the conv, from the per-sample pieces (plain loops:
-  // these products are tiny, and a BLAS call right after the loops costs milliseconds).
+  // these products are tiny, and a BLAS call right after the loops costs milliseconds; a
+  // parallel region only pays off for large ones, as idle workers spin on shared cores).
   at::Tensor gw1 = at::empty({Hd, C}, opt), gw2 = at::empty({C, Hd}, opt);
+  at::Tensor gb1 = at::empty({Hd}, opt), gb2 = at::empty({C}, opt);
   T* gw1p = gw1.data_ptr<T>();
   T* gw2p = gw2.data_ptr<T>();
-  at::parallel_for(0, Hd + C, 16, [&](idx_t b, idx_t e) {
+  auto products = [&](idx_t b, idx_t e) {
     const idx_t b1 = std::min(b, Hd), e1 = std::min(e, Hd);
     if (e1 > b1) outer_sum(ghp, vp, P * N, Hd, C, gw1p, b1, e1);  // sum_q gh_q^T v_q
     const idx_t b2 = std::max(b, Hd) - Hd, e2 = std::max(e, Hd) - Hd;
     if (e2 > b2) outer_sum(glp, rsp, N, C, Hd, gw2p, b2, e2);  // glogit^T sum_p relu(h_p)
-  });
-  at::Tensor gb1 = gh.sum({0, 1});
-  at::Tensor gb2 = glogit.sum(0).mul_(double(P));
+  };
+  if ((P + 1) * N * C * Hd < (idx_t(1) << 21))
+    products(0, Hd + C);
+  else
+    at::parallel_for(0, Hd + C, 16, products);
+  std::vector<T> ones(P * N, T(1));  // sums over samples as products with ones
+  outer_sum(ones.data(), ghp, P * N, 1, Hd, gb1.data_ptr<T>(), 0, 1);
+  outer_sum(ones.data(), glp, N, 1, C, gb2.data_ptr<T>(), 0, 1);
+  gb2.mul_(double(P));
   if (spatial) {
     std::vector<double> acc(2 * k * k, 0.0);
     for (idx_t i = 0; i < nw; ++i)
