@@ -1,8 +1,15 @@
-"""Forward+backward timings of CBAM implementations on CPU, and the bandwidth floor.
+"""Forward+backward timings of CBAM (or SE) implementations on CPU, and bandwidth floors.
 
-Run: ``python benchmarks/bench_cbam.py [--shape N C H W] [--rounds R] [--candidates ...]``.
+Run: ``python benchmarks/bench_cbam.py [--shape N C H W] [--channels-last] [--module se]``.
 Candidates are timed in alternating rounds in one process and the median per candidate is
 printed, so that noise from other processes on the machine hits every candidate alike.
+
+Reference passes over the input-sized tensor: ``pass`` is ``y = x * 2`` (one read and one
+write of a freshly allocated tensor), ``read`` is ``x.sum()`` (one read). The fused CBAM
+training step cannot move fewer than 5 reads and 2 writes of such tensors (forward: x twice,
+the batch-wide BatchNorm of the spatial map sitting between the pooling and the output;
+backward: g and x before the BatchNorm's batch sums, g again after them; one output each
+way), printed as the floors ``3.5 x pass`` and ``2 x pass + 3 x read``.
 """
 
 from __future__ import annotations
@@ -14,18 +21,31 @@ from collections.abc import Callable
 
 import torch
 
-from convattn.layers import CBAM
+from convattn.layers import CBAM, SqueezeExcite
 
 
-def _timm_cbam(c: int) -> torch.nn.Module:
+def _timm(module: str, c: int) -> torch.nn.Module:
+    if module == "se":
+        from timm.layers.squeeze_excite import SEModule
+
+        return SEModule(c)
     from timm.layers.cbam import CbamModule
 
     return CbamModule(c)
 
 
-def one_pass(x: torch.Tensor) -> Callable[[], None]:
-    """``y = x * 2``: one tensor-sized read and one tensor-sized write."""
-    return lambda: torch.mul(x, 2.0)
+def build(name: str, module: str, c: int) -> torch.nn.Module:
+    """``timm-eager``, ``timm-compiled``, ``eager``, ``eager-compiled``, ``fused`` or
+    ``fused-compiled`` (a compiled graph that calls the fused operator)."""
+    impl, _, compiled = name.partition("-")
+    if impl == "timm":
+        m = _timm(module, c)
+    elif module == "se":
+        m = SqueezeExcite(c, impl=impl)
+    else:
+        m = CBAM(c, impl=impl)
+    m.train()
+    return torch.compile(m) if compiled == "compiled" else m
 
 
 def train_step(m: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
@@ -57,30 +77,17 @@ def saved_bytes(m: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def build(name: str, c: int, x: torch.Tensor) -> torch.nn.Module:
-    if name == "timm-eager":
-        return _timm_cbam(c).train()
-    if name == "timm-compiled":
-        return torch.compile(_timm_cbam(c).train())
-    if name == "eager":
-        return CBAM(c, impl="eager").train()
-    if name == "eager-compiled":
-        return torch.compile(CBAM(c, impl="eager").train())
-    if name == "fused":
-        return CBAM(c, impl="fused").train()
-    if name == "fused-compiled":  # the compiled graph calls the fused operator
-        return torch.compile(CBAM(c, impl="fused").train())
-    raise ValueError(name)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--shape", type=int, nargs=4, default=[32, 256, 56, 56])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--module", choices=["cbam", "se"], default="cbam")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--eval", action="store_true", help="time no-grad eval forward instead")
     p.add_argument(
-        "--candidates", nargs="+", default=["pass", "eager", "timm-eager", "timm-compiled", "fused"]
+        "--candidates",
+        nargs="+",
+        default=["pass", "read", "fused", "eager", "timm-eager", "timm-compiled"],
     )
     args = p.parse_args()
     torch.manual_seed(0)
@@ -91,15 +98,19 @@ def main() -> None:
     steps: dict[str, Callable[[], None]] = {}
     for name in args.candidates:
         if name == "pass":
-            steps[name] = one_pass(x.detach())
+            steps[name] = lambda: torch.mul(x.detach(), 2.0)
             continue
-        m = build(name, c, x)
+        if name == "read":
+            steps[name] = lambda: x.detach().sum()
+            continue
+        m = build(name, args.module, c)
         if args.eval:
             steps[name] = eval_step(m.eval(), x)
         else:
             steps[name] = train_step(m, x, g)
             if "compiled" not in name:
-                print(f"{name}: saved for backward {saved_bytes(m, x) / x.nbytes:.3f} x input")
+                ratio = saved_bytes(m, x) / x.nbytes
+                print(f"{name}: saved for backward {ratio:.3f} x input (input included)")
         for _ in range(2):  # warm-up (and compilation)
             steps[name]()
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -110,10 +121,15 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     fmt_name = "channels_last" if args.channels_last else "contiguous"
     mode = "eval forward" if args.eval else "train forward+backward"
-    print(f"shape {tuple(args.shape)} {fmt_name}, {mode}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.module} {tuple(args.shape)} {fmt_name}, {mode}, {torch.get_num_threads()} threads"
+    )
+    med = {k: statistics.median(ts) * 1e3 for k, ts in times.items()}
     for name, ts in times.items():
-        med = statistics.median(ts) * 1e3
-        print(f"  {name:15s} median {med:9.3f} ms   min {min(ts) * 1e3:9.3f} ms")
+        print(f"  {name:15s} median {med[name]:9.3f} ms   min {min(ts) * 1e3:9.3f} ms")
+    if "pass" in med and "read" in med and not args.eval and args.module == "cbam":
+        print(f"  floor 3.5 x pass      {3.5 * med['pass']:9.3f} ms")
+        print(f"  floor 2 pass + 3 read {2 * med['pass'] + 3 * med['read']:9.3f} ms")
 
 
 if __name__ == "__main__":

@@ -243,7 +243,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       const double a = aff[0], mg = s1 / double(M), mgx = s2 / double(M);
       cb = -a * mg + a * mgx * invstd * mean;
       cs = -a * mgx * invstd;
-      for_each_sample(N, finish);
+      for_each_sample(N, finish, /*reverse=*/true);
     }
   }
   // Parameter gradients of the MLP and the conv, from the per-sample pieces (plain loops:

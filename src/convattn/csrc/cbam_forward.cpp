@@ -117,7 +117,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
   } else {
     for_each_sample(N, phase1);
     aff = spatial_affine<T>(sp, N * HW, norm, true, conv_b, bn_w, bn_b, rm, rv, eps);
-    for_each_sample(N, phase2);
+    for_each_sample(N, phase2, /*reverse=*/true);
   }
   if (aff.empty()) aff = {1.0, 0.0, 0.0, 1.0, 0.0};
   // stats {A, B, mean, invstd} for backward; batch {mean, unbiased var} for running stats.

@@ -57,14 +57,16 @@ inline at::Tensor empty_output_like(const at::Tensor& x) {
   return y;
 }
 
-// body(n, worker) for every sample, workers taking the next free sample.
+// body(n, worker) for every sample, workers taking the next free sample. A loop that
+// follows another one over the same samples runs `reverse`d: its first samples are the
+// ones the previous loop left in the last-level cache.
 template <typename F>
-void for_each_sample(idx_t N, F&& body) {
+void for_each_sample(idx_t N, F&& body, bool reverse = false) {
   const idx_t nw = num_workers(N);
   std::atomic<idx_t> next{0};
   at::parallel_for(0, nw, 1, [&](idx_t b, idx_t e) {
     for (idx_t wk = b; wk < e; ++wk)
-      for (idx_t n = next++; n < N; n = next++) body(n, wk);
+      for (idx_t i = next++; i < N; i = next++) body(reverse ? N - 1 - i : i, wk);
   });
 }
 
