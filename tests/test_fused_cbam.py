@@ -208,6 +208,28 @@ def test_uncovered_cases_fall_back_to_eager(kwargs, x, calls):
     assert calls["forward"] == 0
 
 
+def test_autocast_falls_back_to_eager(calls):
+    m = ref.randomize_(CBAM(16, reduction=4, impl="fused")).eval()
+    x = _x(2, 16, 4, 4, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m(x)
+        m.impl = "eager"
+        want = m(x)
+    torch.testing.assert_close(got, want)
+    assert calls["forward"] == 0
+
+
+def test_conv_weight_gradient_is_deterministic(calls):
+    _, m = _pair(16, dtype=torch.float32)
+    x = _x(9, 16, 5, 5, dtype=torch.float32)
+    grads = []
+    for _ in range(3):
+        m.zero_grad()
+        m(x).square().sum().backward()
+        grads.append(m.spatial.conv.weight.grad.clone())
+    assert all(torch.equal(grads[0], gr) for gr in grads[1:])
+
+
 def test_single_value_batchnorm_raises_like_eager(calls):
     m = CBAM(16, impl="fused").train()
     with pytest.raises(ValueError, match="Expected more than 1 value"):

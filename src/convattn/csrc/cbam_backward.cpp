@@ -70,7 +70,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   const idx_t nw = num_workers(N);
   std::vector<Scratch<T>> work;
   for (idx_t i = 0; i < nw; ++i) work.emplace_back(C, HW, Hd, P, st.conv.scratch());
-  std::vector<double> gw_acc(nw * 2 * k * k, 0.0);
+  std::vector<double> gw_acc(spatial ? N * 2 * k * k : 0, 0.0);  // per sample: deterministic
   // conv_transpose of a map of ones: the BatchNorm mean term, the same for every sample.
   std::vector<T> g_ones(cs_sync ? 2 * HW : 0);
   if (cs_sync) st.conv.backward_input(one_p, st.cw, g_ones.data(), work[0].cbuf);
@@ -135,7 +135,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     const T* gs = gs_all.data() + n * HW;
     gate_map(n, w.ms);
     for (idx_t p = 0; p < HW; ++p) w.gsbn[p] = A * gs[p] + T(cb) + T(cs) * sn[p];
-    st.conv.backward_weight(mapsp + n * 2 * HW, w.gsbn, gw_acc.data() + wk * 2 * k * k, w.cbuf);
+    st.conv.backward_weight(mapsp + n * 2 * HW, w.gsbn, gw_acc.data() + n * 2 * k * k, w.cbuf);
     if (cs_sync) {  // conv_transpose is linear: combine the stored components
       const T* G0 = G_all.data() + n * 4 * HW;
       const T* G2 = G0 + 2 * HW;
@@ -269,7 +269,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   gb2.mul_(double(P));
   if (spatial) {
     std::vector<double> acc(2 * k * k, 0.0);
-    for (idx_t i = 0; i < nw; ++i)
+    for (idx_t i = 0; i < N; ++i)
       for (int j = 0; j < 2 * k * k; ++j) acc[j] += gw_acc[i * 2 * k * k + j];
     gconv_w = at::tensor(acc, opt.dtype(at::kDouble)).to(x.scalar_type()).view({1, 2, k, k});
   }

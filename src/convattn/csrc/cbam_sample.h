@@ -162,6 +162,10 @@ inline void check_args(const at::Tensor& x, std::initializer_list<at::Tensor> ml
   for (const auto& t : mlp)
     TORCH_CHECK(t.is_contiguous() && t.scalar_type() == x.scalar_type(),
                 "fused CBAM: parameters must be contiguous and of the input's dtype");
+  if (conv_w.has_value() && conv_w->defined())
+    TORCH_CHECK(conv_w->is_contiguous() && conv_w->scalar_type() == x.scalar_type() &&
+                    conv_w->dim() == 4 && conv_w->size(1) == 2 && conv_w->size(-1) % 2 == 1,
+                "fused CBAM: the conv weight must be a contiguous (1, 2, k, k), k odd");
 }
 
 // Shapes and parameters shared by forward and backward.

@@ -70,6 +70,8 @@ def fused_unsupported(module: nn.Module, x: torch.Tensor) -> str | None:
         return f"{x.device.type} {x.dtype} input (fused: CPU float32/float64)"
     if x.numel() == 0:
         return "empty input"
+    if torch.is_autocast_enabled(x.device.type):
+        return "autocast (eager runs the linear layers and the conv in lower precision)"
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         return "input neither contiguous nor channels_last"
     channel = getattr(module, "channel", module)
@@ -99,7 +101,11 @@ def _mlp(channel: nn.Module) -> tuple[torch.Tensor, ...]:
 
 
 def _same_kind(x: torch.Tensor, tensors: tuple[torch.Tensor | None, ...]) -> bool:
-    return all(t is None or (t.dtype == x.dtype and t.device == x.device) for t in tensors)
+    """The kernels read parameters and buffers as contiguous arrays of x's dtype."""
+    return all(
+        t is None or (t.dtype == x.dtype and t.device == x.device and t.is_contiguous())
+        for t in tensors
+    )
 
 
 def run_fused(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
