@@ -152,6 +152,19 @@ def test_running_statistics_follow_batchnorm_over_steps(calls):
     assert calls["forward"] == 3
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine,track", [(False, True), (True, False), (False, False)])
+def test_batchnorm_variants_match_eager(affine, track, train, calls):
+    eager, fused = _pair(16, train=train)
+    for m in (eager, fused):
+        m.spatial.bn = torch.nn.BatchNorm2d(1, momentum=0.1, affine=affine).double()
+        m.spatial.bn.track_running_stats = track
+        if not track:
+            m.spatial.bn.running_mean = m.spatial.bn.running_var = None
+        m.train(train)
+    _compare(eager, fused, _x(3, 16, 5, 4), calls)
+
+
 def test_inference_without_grad_and_gradient_of_parameters_only(calls):
     eager, fused = _pair(16, train=False)
     x = _x(2, 16, 5, 5)
@@ -228,6 +241,22 @@ def test_conv_weight_gradient_is_deterministic(calls):
         m(x).square().sum().backward()
         grads.append(m.spatial.conv.weight.grad.clone())
     assert all(torch.equal(grads[0], gr) for gr in grads[1:])
+
+
+def test_auto_stays_eager_with_far_fewer_samples_than_threads(monkeypatch, calls):
+    m = CBAM(16, reduction=4).eval()  # impl="auto"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    m(_x(2, 16, 4, 4, dtype=torch.float32))
+    assert calls["forward"] == 0
+    m(_x(4, 16, 4, 4, dtype=torch.float32))
+    assert calls["forward"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_input_runs_eager(calls):
+    m = ref.randomize_(CBAM(16, reduction=4, impl="fused")).cuda()
+    y = m(_x(2, 16, 4, 4, dtype=torch.float32).cuda())
+    assert y.is_cuda and calls["forward"] == 0
 
 
 def test_single_value_batchnorm_raises_like_eager(calls):

@@ -92,7 +92,6 @@ def _backward(ctx: Any, grads: list[torch.Tensor]) -> tuple[torch.Tensor | None,
 
 def _gradients(ctx: Any, gy: torch.Tensor, below_autograd: bool) -> tuple[torch.Tensor | None, ...]:
     x, w1, b1, w2, b2, conv_w, *saved = ctx.saved_tensors
-    arr, _, _, norm, _ = ctx.cfg
     fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
     g = gy.contiguous(memory_format=fmt)
     if g.stride() != x.stride():  # size-1 dimensions: the kernels want x's strides exactly
@@ -107,19 +106,11 @@ def _gradients(ctx: Any, gy: torch.Tensor, below_autograd: bool) -> tuple[torch.
             grads = ops.backward(*args)
     else:
         grads = ops.backward(*args)
-    gx, gw1, gb1, gw2, gb2, gcw, gcb, gbw, gbb = grads
-    spatial = arr != 0
+    # Only where asked: an absent (None) input, such as BatchNorm's weight with
+    # affine=False, must get None.
     return (
-        gx if need_gx else None,
-        gw1,
-        gb1,
-        gw2,
-        gb2,
-        gcw if spatial else None,
-        gcb if spatial and not norm else None,
-        gbw if spatial and norm else None,
-        gbb if spatial and norm else None,
-        *(None,) * 8,
+        tuple(gr if need else None for gr, need in zip(grads, ctx.needs_input_grad, strict=False))
+        + (None,) * 8
     )
 
 
