@@ -27,12 +27,77 @@ inline T sigmoid(T z) {
 
 // ---- pooling -------------------------------------------------------------------------
 
+// Column pooling of columns [k0, k0 + kw), kw <= TW: sum, max and argmax over all rows,
+// held in registers (TW values each) and stored once.
+template <typename T, int TW>
+void pool_cols_tile(const T* m, idx_t R, idx_t K, idx_t k0, int kw, const T* ru, const T* cv,
+                    T* csum, T* cmax, int32_t* cidx) {
+  T ls[TW], lm[TW];
+  int32_t li[TW];
+  for (int j = 0; j < TW; ++j) {
+    ls[j] = 0;
+    lm[j] = -std::numeric_limits<T>::infinity();
+    li[j] = 0;
+  }
+  const T* cvk = cv + k0;
+  for (idx_t r = 0; r < R; ++r) {
+    const T* mr = m + r * K + k0;
+    const T u = ru[r];
+    const int32_t ri = static_cast<int32_t>(r);
+    auto step = [&](int j) {
+      const T e = mr[j] * u * cvk[j];
+      ls[j] += e;
+      const bool gt = e > lm[j];
+      lm[j] = gt ? e : lm[j];
+      li[j] = gt ? ri : li[j];
+    };
+    if (kw == TW) {
+#pragma omp simd
+      for (int j = 0; j < TW; ++j) step(j);
+    } else {
+      for (int j = 0; j < kw; ++j) step(j);
+    }
+  }
+  for (int j = 0; j < kw; ++j) {
+    csum[k0 + j] = ls[j];
+    cmax[k0 + j] = lm[j];
+    cidx[k0 + j] = li[j];
+  }
+}
+
+// Column NaNs: a NaN in column k makes its sum NaN; then its max is NaN, at the first NaN.
+template <typename T>
+void pool_cols_nan(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, const T* csum,
+                   T* cmax, int32_t* cidx) {
+  for (idx_t k = 0; k < K; ++k) {
+    if (!std::isnan(csum[k])) continue;
+    for (idx_t r = 0; r < R; ++r) {
+      if (std::isnan(m[r * K + k] * ru[r] * cv[k])) {
+        cmax[k] = std::numeric_limits<T>::quiet_NaN();
+        cidx[k] = static_cast<int32_t>(r);
+        break;
+      }
+    }
+  }
+}
+
 // Row pooling (for each r over k) and/or column pooling (for each k over r) of
 // e[r, k] = m[r, k] * ru[r] * cv[k]. Row outputs: rsum, rmax, ridx; column: csum, cmax, cidx.
+// Column pooling alone runs in register tiles of 4 vectors (a running max/argmax/sum per
+// column in memory costs three loads and stores per element, beyond L1 for long rows).
 template <typename T, bool ROWS, bool COLS>
 void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum, T* rmax,
           int32_t* ridx, T* csum, T* cmax, int32_t* cidx) {
   const T ninf = -std::numeric_limits<T>::infinity();
+  if (!ROWS) {
+    constexpr int TW = 256 / sizeof(T);
+    for (idx_t k0 = 0; k0 < K; k0 += TW) {
+      const int kw = static_cast<int>(std::min<idx_t>(TW, K - k0));
+      pool_cols_tile<T, TW>(m, R, K, k0, kw, ru, cv, csum, cmax, cidx);
+    }
+    pool_cols_nan(m, R, K, ru, cv, csum, cmax, cidx);
+    return;
+  }
   if (COLS) {
     std::fill(csum, csum + K, T(0));
     std::fill(cmax, cmax + K, ninf);
@@ -49,10 +114,8 @@ void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum, T* rm
 #pragma omp simd reduction(+ : s) reduction(max : mx)
       for (idx_t k = 0; k < K; ++k) {
         const T e = mr[k] * u * cv[k];
-        if (ROWS) {
-          s += e;
-          mx = std::max(mx, e);
-        }
+        s += e;
+        mx = std::max(mx, e);
         const T old = cmax[k];
         const bool gt = e > old;
         csum[k] += e;
@@ -75,33 +138,20 @@ void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum, T* rm
         }
       }
     }
-    if (ROWS) {
-      idx_t at = 0;
-      if (std::isnan(s)) {  // a NaN (or inf - inf): report the first NaN, if any
-        while (at < K && !std::isnan(mr[at] * u * cv[at])) ++at;
-        if (at < K) mx = std::numeric_limits<T>::quiet_NaN();
-        at = at < K ? at : 0;
-      } else {
-        at = COLS ? 0 : mblock;
-        while (at < K - 1 && !(mr[at] * u * cv[at] == mx)) ++at;
-      }
-      rsum[r] = s;
-      rmax[r] = mx;
-      ridx[r] = static_cast<int32_t>(at);
+    idx_t at = 0;
+    if (std::isnan(s)) {  // a NaN (or inf - inf): report the first NaN, if any
+      while (at < K && !std::isnan(mr[at] * u * cv[at])) ++at;
+      if (at < K) mx = std::numeric_limits<T>::quiet_NaN();
+      at = at < K ? at : 0;
+    } else {
+      at = mblock;  // with COLS the block is unknown (0): the search covers the row
+      while (at < K - 1 && !(mr[at] * u * cv[at] == mx)) ++at;
     }
+    rsum[r] = s;
+    rmax[r] = mx;
+    ridx[r] = static_cast<int32_t>(at);
   }
-  if (COLS) {
-    for (idx_t k = 0; k < K; ++k) {
-      if (!std::isnan(csum[k])) continue;
-      for (idx_t r = 0; r < R; ++r) {
-        if (std::isnan(m[r * K + k] * ru[r] * cv[k])) {
-          cmax[k] = std::numeric_limits<T>::quiet_NaN();
-          cidx[k] = static_cast<int32_t>(r);
-          break;
-        }
-      }
-    }
-  }
+  if (COLS) pool_cols_nan(m, R, K, ru, cv, csum, cmax, cidx);
 }
 
 // y[r, k] = m[r, k] * ru[r] * cv[k].
