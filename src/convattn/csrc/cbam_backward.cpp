@@ -62,7 +62,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
 
   // Buffers that cross from the first per-sample loop to the second.
   const bool cs_sync = sync && arr == kChannelSpatial;
-  std::vector<T> gs_all(spatial ? M : 0);  // d loss / d spatial logit (after BN), per sample
+  std::vector<T> gs_all(spatial ? M : 0);  // d loss / d (A s + B), the spatial sigmoid's input
   std::vector<T> gmc_all(N * C);           // sum_p g x ms, per channel
   std::vector<T> gv_all(spatial ? 2 * N * C : 0);  // pooled-vector gradients (avg, max)
   std::vector<T> sig_all(cs_sync ? 3 * N * C : 0);  // x-weighted sums of three components
@@ -110,8 +110,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       for (idx_t p = 0; p < HW; ++p) out[S.at(icn[p], p)] += gmax[p] * scale_c[icn[p]];
     }
   };
-  // out[j][c] += sum_p x[c, p] G_j[HW + p] / C + x[ic[p], p] G_j[p] [c == ic[p]]: what the
-  // spatial pooling's gradient maps G_j (max map, mean map) give the channel gate.
+  // out[j][c] = sum_p x[c, p] G_j[HW + p] / C + sum_{p: ic[p] = c} x[c, p] G_j[p]: what the
+  // spatial pooling's gradient maps G_j (max map, then mean map) give the channel gate.
   auto gate_sums = [&](idx_t n, int J, const T* const* Gs, T* const* out, Scratch<T>& w) {
     const T* xn = xp + n * C * HW;
     const T* wts[3];

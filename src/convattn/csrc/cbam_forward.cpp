@@ -51,7 +51,9 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
     mlp_forward(st.mlp, vs, st.P, h, h + st.P * Hd, mcp + n * C);
   };
   // Spatial pooling maps of x * cs and the conv output s.
-  auto conv_buf = [&](idx_t wk) { return work.data() + wk * scratch + 2 * C + (st.P + 1) * Hd + HW; };
+  auto conv_buf = [&](idx_t wk) {
+    return work.data() + wk * scratch + 2 * C + (st.P + 1) * Hd + HW;
+  };
   auto spatial_logits = [&](idx_t n, idx_t wk, const T* xn, const T* cs) {
     T* mp = mapsp + n * 2 * HW;
     pool_sample<T>(S, xn, cs, st.ones_p.data(), nullptr, nullptr, nullptr, mp + HW, mp,
@@ -126,7 +128,6 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
   at::Tensor stats = at::tensor(aff, opt.dtype(at::kDouble));
   return {y, mc, v, ihw, maps, ic, s, stats, batch.to(x.scalar_type())};
 }
-
 
 }  // namespace
 

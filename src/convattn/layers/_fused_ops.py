@@ -18,6 +18,7 @@ spatial outputs are empty), 1 channel-spatial, 2 spatial-channel, 3 parallel.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -27,18 +28,21 @@ from .._jit import FusedOps, load_fused
 __all__ = ["fused_forward", "fused_ops"]
 
 _registered: list[bool] = []
+_lock = threading.Lock()
 
 
 def fused_ops() -> FusedOps | None:
     """The operators, built and registered on first call; ``None`` if they cannot be built."""
     ops = load_fused()
     if ops is not None and not _registered:
-        torch.library.register_fake("convattn::cbam_forward", _fake_forward)
-        torch.library.register_fake("convattn::cbam_backward", _fake_backward)
-        torch.library.register_autograd(
-            "convattn::cbam_forward", _backward, setup_context=_setup_context
-        )
-        _registered.append(True)
+        with _lock:
+            if not _registered:
+                torch.library.register_fake("convattn::cbam_forward", _fake_forward)
+                torch.library.register_fake("convattn::cbam_backward", _fake_backward)
+                torch.library.register_autograd(
+                    "convattn::cbam_forward", _backward, setup_context=_setup_context
+                )
+                _registered.append(True)
     return ops
 
 
