@@ -30,7 +30,10 @@ __all__ = ["FusedOps", "build_key", "load_fused"]
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("fused_cbam.cpp", "cbam_forward.cpp", "cbam_backward.cpp")
 HEADERS = ("cbam.h", "cbam_sample.h", "cbam_kernels.h")
-CFLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-DNDEBUG")
+# -fopenmp: at::parallel_for is a header template, parallel only where _OPENMP is defined
+# (the library then links the libgomp.so.1 that torch has already loaded).
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-DNDEBUG")
+LDFLAGS = ("-fopenmp",)
 
 
 _lock = threading.Lock()
@@ -55,7 +58,7 @@ def build_key() -> str:
         h.update(name.encode())
         h.update((CSRC / name).read_bytes())
     parts = (
-        " ".join(CFLAGS),
+        " ".join(CFLAGS + LDFLAGS),
         os.environ.get("CXX", "c++"),
         _cpu_flags(),
         platform.machine(),
@@ -90,6 +93,7 @@ def _build() -> FusedOps:
         name=f"convattn_fused_cbam_{key}",
         sources=[str(CSRC / s) for s in SOURCES],
         extra_cflags=list(CFLAGS),
+        extra_ldflags=list(LDFLAGS),
         extra_include_paths=[str(CSRC)],
         build_directory=str(build_dir),
         with_cuda=False,

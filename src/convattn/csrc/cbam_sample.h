@@ -13,7 +13,12 @@
 #include <ATen/ops/zeros.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #if defined(__linux__)
@@ -57,17 +62,54 @@ inline at::Tensor empty_output_like(const at::Tensor& x) {
   return y;
 }
 
-// body(n, worker) for every sample, workers taking the next free sample. A loop that
-// follows another one over the same samples runs `reverse`d: its first samples are the
-// ones the previous loop left in the last-level cache.
+// body(n, worker) for every sample, workers taking the next free sample. The calling
+// thread is worker 0 and starts at once; helpers (tasks on ATen's inter-op pool, which sleep
+// when idle) join when they get a core, and the caller never waits for one that has not
+// started: on cores shared with other processes a descheduled helper costs at most the
+// sample it holds, where an OpenMP team would wait at its barrier for every member. A loop
+// that follows another one over the same samples runs `reverse`d: its first samples are
+// the ones the previous loop left in the last-level cache.
 template <typename F>
 void for_each_sample(idx_t N, F&& body, bool reverse = false) {
   const idx_t nw = num_workers(N);
-  std::atomic<idx_t> next{0};
-  at::parallel_for(0, nw, 1, [&](idx_t b, idx_t e) {
-    for (idx_t wk = b; wk < e; ++wk)
-      for (idx_t i = next++; i < N; i = next++) body(reverse ? N - 1 - i : i, wk);
-  });
+  struct Shared {
+    std::atomic<idx_t> next{0};
+    std::mutex m;
+    std::condition_variable done;
+    int active = 0;  // helpers inside the loop (guarded by m)
+    bool closed = false;  // no helper may join any more (guarded by m)
+    std::exception_ptr error;
+  };
+  auto sh = std::make_shared<Shared>();
+  auto loop = [&](idx_t wk) {
+    for (idx_t i = sh->next++; i < N; i = sh->next++) body(reverse ? N - 1 - i : i, wk);
+  };
+  std::function<void(idx_t)> run = loop;  // helpers touch it only while the caller waits
+  const std::function<void(idx_t)>* runp = &run;
+  if (nw > 1 && !at::in_parallel_region()) {
+    for (idx_t wk = 1; wk < nw; ++wk) {
+      at::launch([sh, runp, wk] {
+        {
+          std::lock_guard<std::mutex> lock(sh->m);
+          if (sh->closed) return;
+          ++sh->active;
+        }
+        try {
+          (*runp)(wk);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(sh->m);
+          sh->error = std::current_exception();
+        }
+        std::lock_guard<std::mutex> lock(sh->m);
+        if (--sh->active == 0) sh->done.notify_all();
+      });
+    }
+  }
+  loop(0);
+  std::unique_lock<std::mutex> lock(sh->m);
+  sh->closed = true;
+  sh->done.wait(lock, [&] { return sh->active == 0; });
+  if (sh->error) std::rethrow_exception(sh->error);
 }
 
 // Pools x * cs[c] * ps[p] over positions (per-channel outputs ch_*) and/or over channels
