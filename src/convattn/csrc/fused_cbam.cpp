@@ -13,10 +13,10 @@
 //            2. BatchNorm batch sums -> cb, cs.
 //            3. per sample: MLP backward, conv backward, and one read of g and write of
 //               gx = mc (g ms + dmean / C) + davg / HW, plus one sparse entry per max.
-// Every big pass is over one sample at a time (dynamic scheduling over samples on ATen's
-// thread pool), so a second read of a sample comes from cache: the tensor-sized memory
-// traffic is 2 reads + 1 write forward and 3 reads + 1 write backward. Without a
-// batch-wide BatchNorm (evaluation, spatial_norm=False, channel gate only) each direction
+// Every big pass is over one sample at a time (the calling thread and helpers take the next
+// free sample, see for_each_sample), so a second read of a sample comes from cache: the
+// tensor-sized memory traffic is 2 reads + 1 write forward and 3 reads + 1 write backward.
+// Without a batch-wide BatchNorm (evaluation, spatial_norm=False, channel gate only) each direction
 // is one per-sample loop (forward 1 read + 1 write, backward 2 reads + 1 write). The other
 // arrangements reuse the same per-sample pieces in another order.
 // Saved for backward: mc, the pooled vectors, the two argmax index sets, the pooled maps

@@ -101,7 +101,7 @@ def prefer_fused(module: nn.Module, x: torch.Tensor) -> bool:
     """For ``impl="auto"``: whether the fused kernels are expected to beat eager on ``x``.
 
     They parallelise over samples only. On the 2-core machine they were measured on they
-    won at every batch size (N = 1 included: 2 threads, fewer passes); with far fewer
+    won at every batch size (N = 1 included: one thread against eager's two); with far fewer
     samples than threads (N = 1 on a many-core machine) eager's intra-operator parallelism
     may win, so below a quarter of the threads per sample "auto" stays eager.
     """
