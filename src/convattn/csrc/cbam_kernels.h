@@ -261,7 +261,8 @@ struct MapConv {
 
   void pad_into(const T* src, T* dst) const {
     std::fill(dst, dst + n_pad, T(0));
-    for (idx_t h = 0; h < H; ++h) std::copy(src + h * W, src + (h + 1) * W, dst + (h + pad) * Wp + pad);
+    for (idx_t h = 0; h < H; ++h)
+      std::copy(src + h * W, src + (h + 1) * W, dst + (h + pad) * Wp + pad);
   }
   void wide_to_map(const T* wide, T* dst) const {
     for (idx_t h = 0; h < H; ++h) std::copy(wide + h * Wp, wide + h * Wp + W, dst + h * W);

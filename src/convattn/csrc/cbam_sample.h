@@ -29,7 +29,12 @@
 
 namespace convattn {
 
-enum Arrangement : int64_t { kChannel = 0, kChannelSpatial = 1, kSpatialChannel = 2, kParallel = 3 };
+enum Arrangement : int64_t {
+  kChannel = 0,
+  kChannelSpatial = 1,
+  kSpatialChannel = 2,
+  kParallel = 3,
+};
 
 // One sample as a matrix: rows are channels (NCHW) or positions (NHWC, `cl`).
 struct Slab {
