@@ -1,5 +1,6 @@
 """Attention modules: one idea per file, all sharing ``(channels, *, ...)`` signatures."""
 
+from . import fused_cbam
 from .bam import BAM
 from .cbam import ARRANGEMENTS, CBAM
 from .channel import POOL_TYPES, ChannelAttention
@@ -24,6 +25,7 @@ __all__ = [
     "SqueezeExcite",
     "attention_names",
     "create_attention",
+    "fused_cbam",
     "get_attention",
     "radix_softmax",
 ]

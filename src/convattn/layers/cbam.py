@@ -17,6 +17,12 @@ spatial pooling order max-then-mean; see :mod:`convattn.layers.spatial`. With
 ``spatial_norm=True`` the BatchNorm needs more than one value per batch in training mode
 (N * H * W > 1), as every BatchNorm; evaluation mode and ``spatial_norm=False`` take any
 input.
+
+Implementations (``impl``): "eager" composes the branch modules' operations; "fused" runs
+the fused CPU kernels of :mod:`convattn.layers.fused_cbam` (same math, fewer memory passes,
+only small tensors saved for backward) wherever they apply and the eager path elsewhere
+(other devices and dtypes, lp/lse pooling, conv1x1 spatial pooling, tracing, compiling and
+export); "auto" (default) is "fused" where that is the faster of the two.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from torch import nn
 
 from ._checks import check_choice, check_feature_map
 from .channel import ChannelAttention
+from .fused_cbam import IMPLS, run_fused
 from .spatial import SpatialAttention
 
 __all__ = ["ARRANGEMENTS", "CBAM"]
@@ -47,6 +54,7 @@ class CBAM(nn.Module):
         arrangement: "channel-spatial", "spatial-channel" or "parallel".
         spatial_pooling: "avgmax" or "conv1x1".
         spatial_norm: BatchNorm in the spatial branch (authors' code) or not (paper).
+        impl: "auto", "eager" or "fused" (see the module docstring).
     """
 
     def __init__(
@@ -60,8 +68,10 @@ class CBAM(nn.Module):
         arrangement: str = "channel-spatial",
         spatial_pooling: str = "avgmax",
         spatial_norm: bool = True,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
+        self.impl = check_choice("impl", impl, IMPLS)
         self.arrangement = check_choice("arrangement", arrangement, ARRANGEMENTS)
         self.channels = channels
         self.channel = ChannelAttention(channels, reduction=reduction, pool_types=pool_types)
@@ -73,6 +83,8 @@ class CBAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels, "CBAM")
+        if self.impl != "eager" and (y := run_fused(self, x)) is not None:
+            return y
         if self.spatial is None:
             return x * self.channel.gate(x)
         if self.arrangement == "channel-spatial":
@@ -84,4 +96,4 @@ class CBAM(nn.Module):
         return x * self.channel.gate(x) * self.spatial.gate(x)  # parallel
 
     def extra_repr(self) -> str:
-        return f"arrangement={self.arrangement!r}"
+        return f"arrangement={self.arrangement!r}, impl={self.impl!r}"

@@ -13,6 +13,9 @@ Deviations: pooling uses plain reductions (``mean``/``amax``/``logsumexp`` over 
 instead of adaptive pooling modules, so the module exports to ONNX and works under AMP with
 channels_last. ``amax`` splits the gradient evenly between tied maxima where ``max_pool2d``
 picks one; the forward values are identical.
+
+``impl`` chooses between these eager operations and the fused CPU kernels of
+:mod:`convattn.layers.fused_cbam` for ``forward`` (see :class:`convattn.layers.CBAM`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_choice, check_feature_map, check_positive, hidden_channels
+from .fused_cbam import IMPLS, run_fused
 
 __all__ = ["POOL_TYPES", "ChannelAttention", "pool_hw"]
 
@@ -64,6 +68,7 @@ class ChannelAttention(nn.Module):
         reduction: r, the MLP's reduction ratio (hidden width ``max(1, C // r)``).
         pool_types: pools summed after the shared MLP; a non-empty subset of
             ``("avg", "max", "lp", "lse")``. ``("avg",)`` is squeeze-and-excitation.
+        impl: "auto", "eager" or "fused" implementation of ``forward``.
     """
 
     def __init__(
@@ -72,8 +77,10 @@ class ChannelAttention(nn.Module):
         *,
         reduction: int = 16,
         pool_types: Sequence[str] = ("avg", "max"),
+        impl: str = "auto",
     ) -> None:
         super().__init__()
+        self.impl = check_choice("impl", impl, IMPLS)
         self.channels = check_positive("channels", channels)
         self.pool_types = _check_pool_types(pool_types)
         hidden = hidden_channels(channels, reduction)
@@ -91,7 +98,11 @@ class ChannelAttention(nn.Module):
         return torch.sigmoid(self.logits(x))[:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl != "eager":
+            check_feature_map(x, self.channels, type(self).__name__)
+            if (y := run_fused(self, x)) is not None:
+                return y
         return x * self.gate(x)
 
     def extra_repr(self) -> str:
-        return f"pool_types={self.pool_types}"
+        return f"pool_types={self.pool_types}, impl={self.impl!r}"
