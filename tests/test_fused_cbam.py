@@ -78,7 +78,9 @@ def _close(got, want, truth, name):
     scale = max(truth.abs().max().item(), 1e-3)
     err = (got.double() - truth).abs().max().item()
     err_eager = (want.double() - truth).abs().max().item()
-    assert err <= max(4 * err_eager, 1e-5 * scale), (name, err, err_eager, scale)
+    # The 1e-6 floor covers cancellation: a tiny gradient (training BatchNorm over a few
+    # values subtracts nearly equal sums) carries float32 error from much larger terms.
+    assert err <= max(4 * err_eager, 1e-5 * scale + 1e-6), (name, err, err_eager, scale)
 
 
 def _compare(eager, fused, x, calls):
