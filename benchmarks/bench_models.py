@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
+    ap.add_argument("--phases", nargs="+", default=["train", "infer"])
+    ap.add_argument("--skip", nargs="*", default=[], help="candidate names to leave out")
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", default="benchmarks/results/bench_models.json")
@@ -90,9 +92,11 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
     rows = []
     for mode in args.modes:
-        for phase in ("train", "infer"):
+        for phase in args.phases:
             steps, times = {}, {}
             for name, build in candidates(args.arch, timm_too).items():
+                if name in args.skip:
+                    continue
                 torch.manual_seed(0)
                 model = build().to(memory_format=fmt)
                 y = torch.randint(0, 1000, (args.batch,)) % model(x[:1]).shape[1]

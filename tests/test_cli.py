@@ -90,3 +90,17 @@ def test_models_and_summary(capsys):
     assert "| resnet50_cbam | 28.09 | - | 224x224 | 28.09 |" in out
     assert main(["summary", "cifar_resnet20_cbam", "--depth", "1"]) == 0
     assert "Total params: 272" in capsys.readouterr().out
+
+
+def test_benchmark_prints_a_table_for_user_shapes(tmp_path, capsys):
+    out_json = tmp_path / "b.json"
+    argv = ["benchmark", "--shape", "2", "16", "8", "8", "--shape", "2", "32", "4", "4",
+            "--rounds", "1", "--candidates", "pass", "read", "fused", "eager",
+            "--json", str(out_json)]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("| shape | format | pass (ms) | read (ms) | fused (ms) | eager (ms)")
+    assert lines[3].startswith("| 2x16x8x8 | NCHW |") and lines[4].startswith("| 2x32x4x4 |")
+    rows = json.loads(out_json.read_text())
+    assert rows[0]["saved_x_input"]["eager"] > rows[0]["saved_x_input"]["fused"]
+    assert main(["benchmark", "--candidates", "nope"]) == 2

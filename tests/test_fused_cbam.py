@@ -339,3 +339,11 @@ def test_synchronised_batchnorm_in_the_spatial_gate_runs_eager():
     m = convert_sync_batchnorm(CBAM(16), torch.device("cpu"))
     reason = fused_unsupported(m, torch.randn(2, 16, 4, 4))
     assert reason is not None and "GroupBatchNorm" in reason
+
+
+def test_channels_last_model_weights_still_run_fused(calls):
+    # model.to(memory_format=torch.channels_last) also converts the gate's 4-D conv weight.
+    eager, fused = _pair(16)
+    fused.to(memory_format=CL)
+    assert not fused.spatial.conv.weight.is_contiguous()
+    _compare(eager, fused, _x(2, 16, 6, 5, fmt=CL), calls)

@@ -1,5 +1,5 @@
 """Subcommands of the ``convattn`` CLI; each module defines ``register(subparsers)``."""
 
-from . import convert, demo, evaluate, models, train
+from . import benchmark, convert, demo, evaluate, models, train
 
-COMMANDS = [demo, train, evaluate, models, convert]
+COMMANDS = [demo, train, evaluate, models, convert, benchmark]

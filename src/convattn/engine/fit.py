@@ -161,6 +161,20 @@ def _fit(cfg: Config, device, dist: DistInfo, run: Run, resume, progress: bool) 
     )
     val: dict[str, float] = {}
     train_stats: dict[str, float] = {}
+
+    def save_checkpoint() -> None:
+        if dist.is_main:
+            save_training_state(
+                run.checkpoint_path,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                ema=ema,
+                state=state,
+                cfg=cfg,
+            )
+
     with SignalStop() as stop:
         for epoch in range(state.epoch, cfg.schedule.epochs):
             seed_epoch(cfg.run.seed, epoch, dist.rank)
@@ -183,17 +197,7 @@ def _fit(cfg: Config, device, dist: DistInfo, run: Run, resume, progress: bool) 
             )
             if "stopped_at" in train_stats:
                 state.epoch, state.step = epoch, int(train_stats["stopped_at"])
-                if dist.is_main:
-                    save_training_state(
-                        run.checkpoint_path,
-                        model=model,
-                        optimizer=optimizer,
-                        scheduler=scheduler,
-                        scaler=scaler,
-                        ema=ema,
-                        state=state,
-                        cfg=cfg,
-                    )
+                save_checkpoint()
                 log.info(
                     "stopped by signal; checkpoint saved to %s (resume with --resume %s)",
                     run.checkpoint_path,
@@ -253,17 +257,7 @@ def _fit(cfg: Config, device, dist: DistInfo, run: Run, resume, progress: bool) 
                 train_stats["images_per_s"],
             )
             state.epoch = epoch + 1
-            if dist.is_main:
-                save_training_state(
-                    run.checkpoint_path,
-                    model=model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    ema=ema,
-                    state=state,
-                    cfg=cfg,
-                )
+            save_checkpoint()
             barrier()
     size = info.img_size
     with torch.device("meta"):

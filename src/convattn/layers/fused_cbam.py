@@ -139,13 +139,16 @@ def run_fused(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         return fused_forward(ops, x, *mlp, *(None,) * 6, 0, *flags, False, False, 0.0)[0]
     bn = spatial.bn
     code = _CODES[module.arrangement]
+    # model.to(memory_format=torch.channels_last) makes this (1, 2, k, k) weight
+    # channels_last too; the kernels read it as a dense row-major array.
+    conv_w = spatial.conv.weight.contiguous()
     if bn is None:
-        args = (*mlp, spatial.conv.weight, spatial.conv.bias, None, None, None, None)
+        args = (*mlp, conv_w, spatial.conv.bias, None, None, None, None)
         if not _same_kind(x, args):
             return None
         return fused_forward(ops, x, *args, code, *flags, False, False, 0.0)[0]
     rm, rv = bn.running_mean, bn.running_var
-    args = (*mlp, spatial.conv.weight, None, bn.weight, bn.bias, rm, rv)
+    args = (*mlp, conv_w, None, bn.weight, bn.bias, rm, rv)
     if not _same_kind(x, args):
         return None
     # The running-statistics logic of nn.BatchNorm2d.forward.
