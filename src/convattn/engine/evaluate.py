@@ -32,7 +32,8 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+def move_batch(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Move a batch to ``device``, channels_last for 4-D inputs when asked."""
     fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
     return x.to(device, non_blocking=True, memory_format=fmt)
 
@@ -54,7 +55,7 @@ def evaluate(
     meter = Meter()
     start = time.perf_counter()
     for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images, labels = _to(images, device, channels_last), labels.to(device)
+        images, labels = move_batch(images, device, channels_last), labels.to(device)
         with autocast(device, amp):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
@@ -98,7 +99,7 @@ def precise_bn(
     for images, _ in loader:
         if used >= num_batches:
             break
-        model(_to(images, device, channels_last))
+        model(move_batch(images, device, channels_last))
         used += 1
     for bn, (momentum, training) in zip(bns, saved, strict=True):
         bn.momentum = momentum

@@ -73,7 +73,7 @@ def _num_skipped(loader: Any) -> int:
     return int(getattr(ds, "num_skipped", 0))
 
 
-def _resume_path(resume: str | Path | None, run: Run) -> Path | None:
+def _resume_path(resume: str | Path | None) -> Path | None:
     if resume is None:
         return None
     path = Path(resume)
@@ -112,7 +112,14 @@ def fit(cfg: Config, *, resume: str | Path | None = None) -> dict[str, Any]:
         cleanup()
 
 
-def _fit(cfg: Config, device, dist: DistInfo, run: Run, resume, progress: bool) -> dict[str, Any]:
+def _fit(
+    cfg: Config,
+    device: torch.device,
+    dist: DistInfo,
+    run: Run,
+    resume: str | Path | None,
+    progress: bool,
+) -> dict[str, Any]:
     train_loader, val_loader, info = build_data(cfg, dist, progress=progress)
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every process
     model = create_model(cfg.model, num_classes=info.num_classes, **cfg.model_kwargs)
@@ -136,7 +143,7 @@ def _fit(cfg: Config, device, dist: DistInfo, run: Run, resume, progress: bool) 
             model, multi_avg_fn=get_ema_multi_avg_fn(cfg.run.ema_decay), use_buffers=True
         )
     state = TrainState()
-    ckpt = _resume_path(resume, run)
+    ckpt = _resume_path(resume)
     if ckpt is not None:
         state = restore_training_state(
             ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema

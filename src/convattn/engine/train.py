@@ -33,10 +33,20 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, config_to_dict
-from .evaluate import _to, autocast, evaluate, precise_bn
+from .evaluate import autocast, move_batch
 from .metrics import Meter, topk_correct
 
-__all__ = ["StopRequested", "TrainState", "resolve_device", "seed_epoch", "train_one_epoch"]
+__all__ = [
+    "SignalStop",
+    "StopRequested",
+    "TrainState",
+    "export_best",
+    "resolve_device",
+    "restore_training_state",
+    "save_training_state",
+    "seed_epoch",
+    "train_one_epoch",
+]
 
 
 class StopRequested(Exception):
@@ -123,7 +133,7 @@ def train_one_epoch(
             break
         if step < skip:
             continue
-        images, labels = _to(images, device, cfg.run.channels_last), labels.to(device)
+        images, labels = move_batch(images, device, cfg.run.channels_last), labels.to(device)
         with autocast(device, cfg.run.amp):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
@@ -228,12 +238,3 @@ def restore_training_state(
 
 def export_best(model: nn.Module, path: Path, cfg: Config, top1_err: float) -> None:
     export_safetensors(model.state_dict(), path, model=cfg.model, top1_err=f"{top1_err:.4f}")
-
-
-__all__ += [
-    "evaluate",
-    "export_best",
-    "precise_bn",
-    "restore_training_state",
-    "save_training_state",
-]
