@@ -89,7 +89,8 @@ class SelectiveKernel(nn.Module):
 
     def attention(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Branch weights, M x (N, C, H, W) -> (N, M, C, 1, 1), summing to 1 over M."""
-        s = torch.stack(feats).sum(0).mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+        # mean(sum of branches) = sum of branch means: no (N, C, H, W) temporary.
+        s = torch.stack([f.mean(dim=(2, 3), keepdim=True) for f in feats]).sum(0)  # (N, C, 1, 1)
         z = torch.relu(self.bn(self.fc_reduce(s)))  # (N, d, 1, 1)
         a = self.fc_select(z)  # (N, M*C, 1, 1)
         return a.view(a.shape[0], self.num_branches, self.out_channels, 1, 1).softmax(dim=1)
@@ -100,5 +101,5 @@ class SelectiveKernel(nn.Module):
         a = self.attention(feats)
         out = feats[0] * a[:, 0]  # summing branch by branch keeps the memory format
         for m in range(1, self.num_branches):
-            out = out + feats[m] * a[:, m]
+            out = out.addcmul_(feats[m], a[:, m])  # in place: one output tensor in all
         return out

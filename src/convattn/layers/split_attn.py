@@ -94,7 +94,8 @@ class SplitAttentionConv(nn.Module):
 
     def attention(self, splits: list[torch.Tensor]) -> torch.Tensor:
         """Split weights, R x (N, C, H, W) -> (N, R, C, 1, 1)."""
-        gap = torch.stack(splits).sum(0).mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+        # mean(sum of splits) = sum of split means: no (N, C, H, W) temporary.
+        gap = torch.stack([u.mean(dim=(2, 3), keepdim=True) for u in splits]).sum(0)  # (N, C, 1, 1)
         a = self.fc2(torch.relu(self.bn1(self.fc1(gap))))  # (N, R*C, 1, 1)
         return radix_softmax(a, self.radix, self.groups)
 
@@ -105,5 +106,5 @@ class SplitAttentionConv(nn.Module):
         a = self.attention(splits)
         out = splits[0] * a[:, 0]
         for r in range(1, self.radix):
-            out = out + splits[r] * a[:, r]
+            out = out.addcmul_(splits[r], a[:, r])  # in place: one output tensor in all
         return out
