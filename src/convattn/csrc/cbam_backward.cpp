@@ -78,7 +78,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
 
   auto gate_map = [&](idx_t n, T* ms) {
     const T* sn = sp + n * HW;
-    for (idx_t p = 0; p < HW; ++p) ms[p] = sigmoid(A * sn[p] + B);
+    sigmoid_map(sn, HW, A, B, ms);
   };
   // MLP backward of sample n from d loss / d mc into w.gva, w.gvm; stores the pieces of
   // the MLP's parameter gradients (glogit, sum_p relu(h_p), gh).

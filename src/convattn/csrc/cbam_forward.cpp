@@ -98,7 +98,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, bo
     if (spatial) {
       const T a = T(aff[0]), b = T(aff[1]);
       const T* sn = sp + n * HW;
-      for (idx_t p = 0; p < HW; ++p) ms[p] = sigmoid(a * sn[p] + b);
+      sigmoid_map(sn, HW, a, b, ms);
       ps = ms;
     }
     if (st.arr == kSpatialChannel) {

@@ -8,13 +8,19 @@
 // compiler's vectoriser (`#pragma omp simd`, no OpenMP runtime needed).
 //
 // Max pooling keeps the FIRST index of the maximum (ties are measure-zero for real data);
-// a NaN anywhere in a pooled set makes the max NaN, as torch.amax does.
+// a NaN anywhere in a pooled set makes the max NaN, as torch.amax does. Index outputs may
+// be nullptr where no gradient is wanted. For float on AVX-512 CPUs the hot primitives
+// run the hand-vectorised versions of cbam_simd.h.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "cbam_simd.h"
 
 namespace convattn {
 
@@ -23,6 +29,19 @@ using idx_t = int64_t;
 template <typename T>
 inline T sigmoid(T z) {
   return T(1) / (T(1) + std::exp(-z));
+}
+
+template <typename T>
+constexpr bool kSimd = std::is_same_v<T, float> && simd::kFloat;
+
+// out[i] = sigmoid(a s[i] + b).
+template <typename T>
+void sigmoid_map(const T* s, idx_t n, T a, T b, T* out) {
+  if constexpr (kSimd<T>) {
+    simd::sigmoid_affine(s, a, b, out, n);
+  } else {
+    for (idx_t i = 0; i < n; ++i) out[i] = sigmoid(a * s[i] + b);
+  }
 }
 
 // ---- pooling -------------------------------------------------------------------------
@@ -74,7 +93,7 @@ void pool_cols_nan(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, const
     for (idx_t r = 0; r < R; ++r) {
       if (std::isnan(m[r * K + k] * ru[r] * cv[k])) {
         cmax[k] = std::numeric_limits<T>::quiet_NaN();
-        cidx[k] = static_cast<int32_t>(r);
+        if (cidx) cidx[k] = static_cast<int32_t>(r);
         break;
       }
     }
@@ -88,6 +107,29 @@ void pool_cols_nan(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, const
 template <typename T, bool ROWS, bool COLS>
 void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum, T* rmax,
           int32_t* ridx, T* csum, T* cmax, int32_t* cidx) {
+  if constexpr (kSimd<T>) {
+    if (ROWS) {
+      auto fix_nan = [&](idx_t r) {  // the first NaN of the row, if any, is its max
+        const T* mr = m + r * K;
+        for (idx_t k = 0; k < K; ++k) {
+          if (std::isnan(mr[k] * ru[r] * cv[k])) {
+            rmax[r] = std::numeric_limits<T>::quiet_NaN();
+            if (ridx) ridx[r] = static_cast<int32_t>(k);
+            return;
+          }
+        }
+      };
+      simd::pool_rows(m, R, K, ru, cv, rsum, rmax, ridx, fix_nan);
+    }
+    if (COLS) {
+      simd::pool_cols(m, R, K, ru, cv, csum, cmax, cidx);
+      pool_cols_nan(m, R, K, ru, cv, csum, cmax, cidx);
+    }
+    return;
+  }
+  std::vector<int32_t> no_ridx(ROWS && !ridx ? R : 0), no_cidx(COLS && !cidx ? K : 0);
+  if (ROWS && !ridx) ridx = no_ridx.data();  // index outputs nobody asked for
+  if (COLS && !cidx) cidx = no_cidx.data();
   const T ninf = -std::numeric_limits<T>::infinity();
   if (!ROWS) {
     constexpr int TW = 256 / sizeof(T);
@@ -172,6 +214,10 @@ void scale(const T* m, T* y, idx_t R, idx_t K, const T* ru, const T* cv) {
 template <typename T, bool ROWS, bool COLS>
 void reduce_gx(const T* g, const T* x, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum,
                T* csum) {
+  if constexpr (kSimd<T>) {
+    simd::reduce_gx(g, x, R, K, ru, cv, ROWS ? rsum : nullptr, COLS ? csum : nullptr);
+    return;
+  }
   if (COLS) std::fill(csum, csum + K, T(0));
   for (idx_t r = 0; r < R; ++r) {
     const T* gr = g + r * K;
@@ -192,6 +238,7 @@ void reduce_gx(const T* g, const T* x, idx_t R, idx_t K, const T* ru, const T* c
 // along columns, out[j][k] = sum_r m[r,k] w[j][r].
 template <typename T>
 void wsum_rows(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const* out) {
+  if constexpr (kSimd<T>) return simd::wsum_rows(m, R, K, J, w, out);
   for (idx_t r = 0; r < R; ++r) {
     const T* mr = m + r * K;
     T s0 = 0, s1 = 0, s2 = 0;
@@ -217,6 +264,7 @@ void wsum_rows(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const*
 
 template <typename T>
 void wsum_cols(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const* out) {
+  if constexpr (kSimd<T>) return simd::wsum_cols(m, R, K, J, w, out);
   for (int j = 0; j < J; ++j) std::fill(out[j], out[j] + K, T(0));
   for (idx_t r = 0; r < R; ++r) {
     const T* mr = m + r * K;
@@ -247,15 +295,23 @@ void write_grad(const T* g, T* y, idx_t R, idx_t K, const T* U, const T* V, cons
 // Maps are copied into zero-padded buffers of row stride Wp = W + 2 pad; a tap (ki, kj) is
 // then one flat loop over H * Wp "wide" outputs reading the buffer at offset ki Wp + kj, so
 // every inner loop is long, unclipped and vectorisable whatever W is. The Wp - W columns
-// past each row are junk and dropped (or zero, where a wide map is an input).
+// past each row are junk and dropped (or zero, where a wide map is an input). The offsets
+// of all taps are tabulated once per call (forward: both input maps; backward: the
+// flipped kernel).
 template <typename T>
 struct MapConv {
   idx_t H, W, pad, Wp, n_pad, n_wide;
   int k;
+  std::vector<idx_t> off_fwd, off_bwd;
   MapConv(idx_t H_, idx_t W_, int k_)
       : H(H_), W(W_), pad(k_ / 2), Wp(W_ + 2 * (k_ / 2)), k(k_) {
     n_pad = (H + 2 * pad) * Wp + 2 * pad;  // + slack read by the last row's junk columns
     n_wide = H * Wp;
+    for (int ci = 0; ci < 2; ++ci)
+      for (int ki = 0; ki < k; ++ki)
+        for (int kj = 0; kj < k; ++kj) off_fwd.push_back(ci * n_pad + ki * Wp + kj);
+    for (int ki = 0; ki < k; ++ki)
+      for (int kj = 0; kj < k; ++kj) off_bwd.push_back((k - 1 - ki) * Wp + (k - 1 - kj));
   }
   idx_t scratch() const { return 2 * n_pad + n_wide; }
 
@@ -267,23 +323,26 @@ struct MapConv {
   void wide_to_map(const T* wide, T* dst) const {
     for (idx_t h = 0; h < H; ++h) std::copy(wide + h * Wp, wide + h * Wp + W, dst + h * W);
   }
-  // wide += wt * padded[off ...] over the H * Wp wide outputs.
-  void tap(const T* padded, idx_t off, T wt, T* wide) const {
-    const T* src = padded + off;
+  // wide[i] = sum_t w[t] src[off[t] + i] over the H * Wp wide outputs.
+  void taps(const T* src, const idx_t* off, const T* w, int n, T* wide) const {
+    if constexpr (kSimd<T>) {
+      simd::conv_taps(src, off, w, n, wide, n_wide, false);
+    } else {
+      std::fill(wide, wide + n_wide, T(0));
+      for (int t = 0; t < n; ++t) {
+        const T* s = src + off[t];
+        const T wt = w[t];
 #pragma omp simd
-    for (idx_t i = 0; i < n_wide; ++i) wide[i] += wt * src[i];
+        for (idx_t i = 0; i < n_wide; ++i) wide[i] += wt * s[i];
+      }
+    }
   }
 
   // out (H, W) = sum_ci corr(in[ci], w[ci]); in is (2, H, W), w is (2, k, k).
   void forward(const T* in, const T* w, T* out, T* buf) const {
     T* wide = buf + 2 * n_pad;
-    std::fill(wide, wide + n_wide, T(0));
-    for (int ci = 0; ci < 2; ++ci) {
-      pad_into(in + ci * H * W, buf + ci * n_pad);
-      for (int ki = 0; ki < k; ++ki)
-        for (int kj = 0; kj < k; ++kj)
-          tap(buf + ci * n_pad, ki * Wp + kj, w[(ci * k + ki) * k + kj], wide);
-    }
+    for (int ci = 0; ci < 2; ++ci) pad_into(in + ci * H * W, buf + ci * n_pad);
+    taps(buf, off_fwd.data(), w, 2 * k * k, wide);
     wide_to_map(wide, out);
   }
   // gin (2, H, W) = input gradient of forward for output gradient gout (H, W): the
@@ -292,10 +351,7 @@ struct MapConv {
     T* wide = buf + 2 * n_pad;
     pad_into(gout, buf);
     for (int ci = 0; ci < 2; ++ci) {
-      std::fill(wide, wide + n_wide, T(0));
-      for (int ki = 0; ki < k; ++ki)
-        for (int kj = 0; kj < k; ++kj)
-          tap(buf, ki * Wp + kj, w[(ci * k + k - 1 - ki) * k + k - 1 - kj], wide);
+      taps(buf, off_bwd.data(), w + ci * k * k, k * k, wide);
       wide_to_map(wide, gin + ci * H * W);
     }
   }
@@ -308,12 +364,17 @@ struct MapConv {
       T* padded = buf + ci * n_pad;
       pad_into(in + ci * H * W, padded);
       for (int ki = 0; ki < k; ++ki) {
+        double* gwr = gw + (ci * k + ki) * k;
+        if constexpr (kSimd<T>) {
+          simd::conv_weight_row(padded + ki * Wp, k, wide, n_wide, gwr);
+          continue;
+        }
         for (int kj = 0; kj < k; ++kj) {
           const T* src = padded + ki * Wp + kj;
           T acc = 0;
 #pragma omp simd reduction(+ : acc)
           for (idx_t i = 0; i < n_wide; ++i) acc += src[i] * wide[i];
-          gw[(ci * k + ki) * k + kj] += acc;
+          gwr[kj] += acc;
         }
       }
     }
