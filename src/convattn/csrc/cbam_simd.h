@@ -68,15 +68,19 @@ inline V reduce16(const V* v, Op op) {
 inline V sum16(const V* v) { return reduce16(v, [](V a, V b) { return add(a, b); }); }
 inline V max16(const V* v) { return reduce16(v, [](V a, V b) { return vmax(a, b); }); }
 
-// Per row r of e[r, k] = m[r, k] ru[r] cv[k]: rsum, rmax and (if ridx) the first k of the
-// max. Rows with a NaN sum are left to `fix_nan(r)` (the caller's scalar rule). ONE: the
-// row fits in one vector (then the argmax is the first lane equal to the max).
+// Per row r of e[r, k] = m[r, k] ru[r] cv[k] + rb[r] + cb[k] (biases may be nullptr):
+// rsum, rmax and (if ridx) the first k of the max. Rows with a NaN sum are left to
+// `fix_nan(r)` (the caller's scalar rule). ONE: the row fits in one vector (then the
+// argmax is the first lane equal to the max).
 template <bool ONE, bool IDX, class FixNan>
 void pool_rows_impl(const float* m, idx_t R, idx_t K, const float* ru, const float* cv,
-                    float* rsum, float* rmax, int32_t* ridx, FixNan fix_nan) {
+                    const float* rb, const float* cb, float* rsum, float* rmax, int32_t* ridx,
+                    FixNan fix_nan) {
   const idx_t nv = ONE ? 1 : (K + L - 1) / L;
   const __mmask16 tail = lanes(K - L * (nv - 1));
+  const bool bias = rb || cb;
   const V c0 = ld(cv, ONE ? tail : lanes(L));
+  const V b0 = cb ? ld(cb, ONE ? tail : lanes(L)) : zero();
   const VI iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   alignas(64) float tmax[L], tsum[L];
   V vs[L], vm[L], ve[L];
@@ -89,14 +93,17 @@ void pool_rows_impl(const float* m, idx_t R, idx_t K, const float* ru, const flo
       if (i < nr) {
         const float* mr = m + (r0 + i) * K;
         const V u = _mm512_set1_ps(ru[r0 + i]);
+        const V rbv = _mm512_set1_ps(rb ? rb[r0 + i] : 0.0f);
         if (ONE) {
           s = _mm512_mul_ps(_mm512_mul_ps(ld(mr, tail), u), c0);
+          if (bias) s = _mm512_maskz_add_ps(tail, s, add(b0, rbv));
           mx = _mm512_mask_mov_ps(mx, tail, s);
           ve[i] = mx;
         } else {
           for (idx_t j = 0; j < nv; ++j) {
             const __mmask16 mk = j == nv - 1 ? tail : lanes(L);
-            const V e = _mm512_mul_ps(_mm512_mul_ps(ld(mr + j * L, mk), u), ld(cv + j * L, mk));
+            V e = _mm512_mul_ps(_mm512_mul_ps(ld(mr + j * L, mk), u), ld(cv + j * L, mk));
+            if (bias) e = _mm512_maskz_add_ps(mk, e, cb ? add(ld(cb + j * L, mk), rbv) : rbv);
             s = add(s, e);
             if (IDX) {
               const __mmask16 gt = _mm512_mask_cmp_ps_mask(mk, e, mx, _CMP_GT_OQ);
@@ -137,41 +144,46 @@ void pool_rows_impl(const float* m, idx_t R, idx_t K, const float* ru, const flo
 }
 
 template <class FixNan>
-void pool_rows(const float* m, idx_t R, idx_t K, const float* ru, const float* cv, float* rsum,
-               float* rmax, int32_t* ridx, FixNan fix_nan) {
+void pool_rows(const float* m, idx_t R, idx_t K, const float* ru, const float* cv,
+               const float* rb, const float* cb, float* rsum, float* rmax, int32_t* ridx,
+               FixNan fix_nan) {
   if (K <= L) {
     if (ridx)
-      pool_rows_impl<true, true>(m, R, K, ru, cv, rsum, rmax, ridx, fix_nan);
+      pool_rows_impl<true, true>(m, R, K, ru, cv, rb, cb, rsum, rmax, ridx, fix_nan);
     else
-      pool_rows_impl<true, false>(m, R, K, ru, cv, rsum, rmax, ridx, fix_nan);
+      pool_rows_impl<true, false>(m, R, K, ru, cv, rb, cb, rsum, rmax, ridx, fix_nan);
   } else {
     if (ridx)
-      pool_rows_impl<false, true>(m, R, K, ru, cv, rsum, rmax, ridx, fix_nan);
+      pool_rows_impl<false, true>(m, R, K, ru, cv, rb, cb, rsum, rmax, ridx, fix_nan);
     else
-      pool_rows_impl<false, false>(m, R, K, ru, cv, rsum, rmax, ridx, fix_nan);
+      pool_rows_impl<false, false>(m, R, K, ru, cv, rb, cb, rsum, rmax, ridx, fix_nan);
   }
 }
 
 // Column tile [k0, k0 + 16 NV) of pool_cols, accumulators in registers.
 template <int NV, bool IDX>
 void pool_cols_tile(const float* m, idx_t R, idx_t K, idx_t k0, const float* ru, const float* cv,
-                    float* csum, float* cmax, int32_t* cidx) {
+                    const float* rb, const float* cb, float* csum, float* cmax, int32_t* cidx) {
   __mmask16 mk[NV];
-  V c[NV], s[NV], mx[NV];
+  V c[NV], b[NV], s[NV], mx[NV];
   VI ix[NV];
   for (int j = 0; j < NV; ++j) {
     mk[j] = lanes(K - k0 - j * L);
     c[j] = ld(cv + k0 + j * L, mk[j]);
+    b[j] = cb ? ld(cb + k0 + j * L, mk[j]) : zero();
     s[j] = zero();
     mx[j] = ninf();
     ix[j] = _mm512_setzero_si512();
   }
+  const bool bias = rb || cb;
   for (idx_t r = 0; r < R; ++r) {
     const float* mr = m + r * K + k0;
     const V u = _mm512_set1_ps(ru[r]);
+    const V rbv = _mm512_set1_ps(rb ? rb[r] : 0.0f);
     const VI rv = _mm512_set1_epi32(int32_t(r));
     for (int j = 0; j < NV; ++j) {
-      const V e = _mm512_mul_ps(_mm512_mul_ps(ld(mr + j * L, mk[j]), u), c[j]);
+      V e = _mm512_mul_ps(_mm512_mul_ps(ld(mr + j * L, mk[j]), u), c[j]);
+      if (bias) e = add(e, add(b[j], rbv));
       s[j] = add(s[j], e);
       if (IDX) {
         const __mmask16 gt = _mm512_cmp_ps_mask(e, mx[j], _CMP_GT_OQ);
@@ -189,15 +201,16 @@ void pool_cols_tile(const float* m, idx_t R, idx_t K, idx_t k0, const float* ru,
   }
 }
 
-// Per column k of e[r, k] = m[r, k] ru[r] cv[k]: csum, cmax, cidx (first r of the max; if
-// cidx). NaN columns are left to the caller.
+// Per column k of e (as pool_rows): csum, cmax, cidx (first r of the max; if cidx). NaN
+// columns are left to the caller.
 inline void pool_cols(const float* m, idx_t R, idx_t K, const float* ru, const float* cv,
-                      float* csum, float* cmax, int32_t* cidx) {
+                      const float* rb, const float* cb, float* csum, float* cmax,
+                      int32_t* cidx) {
   for (idx_t k0 = 0; k0 < K; k0 += 4 * L) {
     const idx_t nv = std::min<idx_t>(4, (K - k0 + L - 1) / L);
-#define CONVATTN_TILE(NV)                                                        \
-  (cidx ? pool_cols_tile<NV, true>(m, R, K, k0, ru, cv, csum, cmax, cidx)       \
-        : pool_cols_tile<NV, false>(m, R, K, k0, ru, cv, csum, cmax, cidx))
+#define CONVATTN_TILE(NV)                                                            \
+  (cidx ? pool_cols_tile<NV, true>(m, R, K, k0, ru, cv, rb, cb, csum, cmax, cidx)   \
+        : pool_cols_tile<NV, false>(m, R, K, k0, ru, cv, rb, cb, csum, cmax, cidx))
     if (nv == 4)
       CONVATTN_TILE(4);
     else if (nv == 3)
@@ -221,61 +234,131 @@ void col_sums(idx_t R, idx_t K, Row row, float* out) {
   for (int j = 0; j < NV; ++j) _mm512_mask_storeu_ps(out + j * L, lanes(K - j * L), s[j]);
 }
 
-// With p = g x: rsum[r] = sum_k p cv[k] (if rsum), csum[k] = sum_r p ru[r] (if csum).
-inline void reduce_gx(const float* g, const float* x, idx_t R, idx_t K, const float* ru,
-                      const float* cv, float* rsum, float* csum) {
-  const idx_t nv = (K + L - 1) / L;
-  const __mmask16 tail = lanes(K - L * (nv - 1));
-  if (!rsum) {  // column sums alone: register tiles of 64 columns
-    for (idx_t k0 = 0; k0 < K; k0 += 4 * L) {
-      const idx_t kw = std::min<idx_t>(4 * L, K - k0);
-      auto row = [&](idx_t r, int j, __mmask16 mk) {
-        const idx_t o = r * K + k0 + j * L;
-        return _mm512_mul_ps(_mm512_mul_ps(ld(g + o, mk), ld(x + o, mk)),
-                             _mm512_set1_ps(ru[r]));
-      };
-      if (kw > 3 * L)
-        col_sums<4>(R, kw, row, csum + k0);
-      else if (kw > 2 * L)
-        col_sums<3>(R, kw, row, csum + k0);
-      else if (kw > L)
-        col_sums<2>(R, kw, row, csum + k0);
-      else
-        col_sums<1>(R, kw, row, csum + k0);
-    }
-    return;
+// out[k] = sum_r f(r, k) for all K columns, in register tiles of 64 columns; `f(r, k0,
+// mask)` gives the vector of columns [k0, k0 + 16).
+template <class F>
+void col_sums_all(idx_t R, idx_t K, F f, float* out) {
+  for (idx_t k0 = 0; k0 < K; k0 += 4 * L) {
+    const idx_t kw = std::min<idx_t>(4 * L, K - k0);
+    auto row = [&](idx_t r, int j, __mmask16 mk) { return f(r, k0 + j * L, mk); };
+    if (kw > 3 * L)
+      col_sums<4>(R, kw, row, out + k0);
+    else if (kw > 2 * L)
+      col_sums<3>(R, kw, row, out + k0);
+    else if (kw > L)
+      col_sums<2>(R, kw, row, out + k0);
+    else
+      col_sums<1>(R, kw, row, out + k0);
   }
-  // Row sums (with column sums in registers when K <= 64, else in memory).
-  const bool creg = csum && nv <= 4;
-  V cacc[4] = {zero(), zero(), zero(), zero()};
-  if (csum && !creg) std::fill(csum, csum + K, 0.0f);
-  alignas(64) float tsum[L];
+}
+
+// out[r] = sum_k f(r, k) for all R rows; `f(r, k0, mask)` gives the vector of columns
+// [k0, k0 + 16) of row r. Rows are reduced 16 at a time by the shuffle tree.
+template <class F>
+void row_sums_all(idx_t R, idx_t K, F f, float* out) {
+  const idx_t nv = (K + L - 1) / L;
+  alignas(64) float t[L];
   V vs[L];
   for (idx_t r0 = 0; r0 < R; r0 += L) {
     const int nr = static_cast<int>(std::min<idx_t>(L, R - r0));
     for (int i = 0; i < L; ++i) {
-      vs[i] = zero();
-      if (i >= nr) continue;
-      const idx_t o = (r0 + i) * K;
-      const V u = _mm512_set1_ps(ru[r0 + i]);
-      for (idx_t j = 0; j < nv; ++j) {
-        const __mmask16 mk = j == nv - 1 ? tail : lanes(L);
-        const V p = _mm512_mul_ps(ld(g + o + j * L, mk), ld(x + o + j * L, mk));
-        vs[i] = _mm512_fmadd_ps(p, ld(cv + j * L, mk), vs[i]);
-        if (creg) {
-          cacc[j] = _mm512_fmadd_ps(p, u, cacc[j]);
-        } else if (csum) {
-          float* cj = csum + j * L;
-          _mm512_mask_storeu_ps(cj, mk, _mm512_fmadd_ps(p, u, ld(cj, mk)));
+      V a = zero();
+      if (i < nr)
+        for (idx_t j = 0; j < nv; ++j) a = add(a, f(r0 + i, j * L, lanes(K - j * L)));
+      vs[i] = a;
+    }
+    _mm512_store_ps(t, sum16(vs));
+    std::copy(t, t + nr, out + r0);
+  }
+}
+
+// Squared deviations: out[r] = sum_k (m[r, k] - mu[r])^2 (ROWS) or out[k] = sum_r
+// (m[r, k] - mu[k])^2.
+inline void sq_dev(const float* m, idx_t R, idx_t K, const float* mu, bool rows, float* out) {
+  if (rows) {
+    row_sums_all(R, K, [&](idx_t r, idx_t k, __mmask16 mk) {
+      const V d = _mm512_maskz_sub_ps(mk, ld(m + r * K + k, mk), _mm512_set1_ps(mu[r]));
+      return _mm512_mul_ps(d, d);
+    }, out);
+  } else {
+    col_sums_all(R, K, [&](idx_t r, idx_t k, __mmask16 mk) {
+      const V d = _mm512_sub_ps(ld(m + r * K + k, mk), ld(mu + k, mk));
+      return _mm512_mul_ps(d, d);
+    }, out);
+  }
+}
+
+// The backward's reductions over g and x, with p = g x and q = g (each output optional):
+//   rsum[r] = sum_k (p cv[k] + q cb[k]),  rsum1[r] = sum_k q cv[k],
+//   csum[k] = sum_r (p ru[r] + q rb[r]),  csum1[k] = sum_r q ru[r].
+// Column accumulators live in registers when K <= 64, else in memory.
+inline void reduce_gx(const float* g, const float* x, idx_t R, idx_t K, const float* ru,
+                      const float* cv, const float* rb, const float* cb, float* rsum,
+                      float* rsum1, float* csum, float* csum1) {
+  const idx_t nv = (K + L - 1) / L;
+  const __mmask16 tail = lanes(K - L * (nv - 1));
+  const bool rows = rsum || rsum1, cols = csum || csum1;
+  const bool creg = nv <= 4;
+  V ca[4], cq[4];
+  for (int j = 0; j < 4; ++j) ca[j] = cq[j] = zero();
+  if (cols && !creg) {
+    if (csum) std::fill(csum, csum + K, 0.0f);
+    if (csum1) std::fill(csum1, csum1 + K, 0.0f);
+  }
+  alignas(64) float t[L];
+  V vs[L], vq[L];
+  for (idx_t r0 = 0; r0 < R; r0 += L) {
+    const int nr = static_cast<int>(std::min<idx_t>(L, R - r0));
+    for (int i = 0; i < L; ++i) {
+      V a = zero(), a1 = zero();
+      if (i < nr) {
+        const idx_t r = r0 + i, o = r * K;
+        const V u = _mm512_set1_ps(ru ? ru[r] : 0.0f);
+        const V ub = _mm512_set1_ps(rb ? rb[r] : 0.0f);
+        for (idx_t j = 0; j < nv; ++j) {
+          const __mmask16 mk = j == nv - 1 ? tail : lanes(L);
+          const V q = ld(g + o + j * L, mk);
+          const V p = _mm512_mul_ps(q, ld(x + o + j * L, mk));
+          if (rows) {
+            const V c = ld(cv + j * L, mk);
+            if (rsum) {
+              a = _mm512_fmadd_ps(p, c, a);
+              if (cb) a = _mm512_fmadd_ps(q, ld(cb + j * L, mk), a);
+            }
+            if (rsum1) a1 = _mm512_fmadd_ps(q, c, a1);
+          }
+          if (!cols) continue;
+          V pc = _mm512_mul_ps(p, u);
+          if (rb) pc = _mm512_fmadd_ps(q, ub, pc);
+          const V qc = _mm512_mul_ps(q, u);
+          if (creg) {
+            if (csum) ca[j] = add(ca[j], pc);
+            if (csum1) cq[j] = add(cq[j], qc);
+          } else {
+            if (csum) _mm512_mask_storeu_ps(csum + j * L, mk, add(ld(csum + j * L, mk), pc));
+            if (csum1)
+              _mm512_mask_storeu_ps(csum1 + j * L, mk, add(ld(csum1 + j * L, mk), qc));
+          }
         }
       }
+      vs[i] = a;
+      vq[i] = a1;
     }
-    _mm512_store_ps(tsum, sum16(vs));
-    std::copy(tsum, tsum + nr, rsum + r0);
+    if (rsum) {
+      _mm512_store_ps(t, sum16(vs));
+      std::copy(t, t + nr, rsum + r0);
+    }
+    if (rsum1) {
+      _mm512_store_ps(t, sum16(vq));
+      std::copy(t, t + nr, rsum1 + r0);
+    }
   }
-  if (creg)
-    for (idx_t j = 0; j < nv; ++j)
-      _mm512_mask_storeu_ps(csum + j * L, j == nv - 1 ? tail : lanes(L), cacc[j]);
+  if (cols && creg)
+    for (idx_t j = 0; j < nv; ++j) {
+      const __mmask16 mk = j == nv - 1 ? tail : lanes(L);
+      if (csum) _mm512_mask_storeu_ps(csum + j * L, mk, ca[j]);
+      if (csum1) _mm512_mask_storeu_ps(csum1 + j * L, mk, cq[j]);
+    }
 }
 
 // out[j][r] = sum_k m[r, k] w[j][k], J <= 3.
@@ -309,20 +392,9 @@ inline void wsum_cols(const float* m, idx_t R, idx_t K, int J, const float* cons
                       float* const* out) {
   for (int q = 0; q < J; ++q) {
     const float* wq = w[q];
-    for (idx_t k0 = 0; k0 < K; k0 += 4 * L) {
-      const idx_t kw = std::min<idx_t>(4 * L, K - k0);
-      auto row = [&](idx_t r, int j, __mmask16 mk) {
-        return _mm512_mul_ps(ld(m + r * K + k0 + j * L, mk), _mm512_set1_ps(wq[r]));
-      };
-      if (kw > 3 * L)
-        col_sums<4>(R, kw, row, out[q] + k0);
-      else if (kw > 2 * L)
-        col_sums<3>(R, kw, row, out[q] + k0);
-      else if (kw > L)
-        col_sums<2>(R, kw, row, out[q] + k0);
-      else
-        col_sums<1>(R, kw, row, out[q] + k0);
-    }
+    col_sums_all(R, K, [&](idx_t r, idx_t k, __mmask16 mk) {
+      return _mm512_mul_ps(ld(m + r * K + k, mk), _mm512_set1_ps(wq[r]));
+    }, out[q]);
   }
 }
 
@@ -413,6 +485,8 @@ template <class... A>
 void pool_cols(A...);
 template <class... A>
 void reduce_gx(A...);
+template <class... A>
+void sq_dev(A...);
 template <class... A>
 void wsum_rows(A...);
 template <class... A>
