@@ -29,7 +29,7 @@ __all__ = ["FusedOps", "build_key", "load_fused"]
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("fused_cbam.cpp", "cbam_forward.cpp", "cbam_backward.cpp")
-HEADERS = ("cbam.h", "cbam_sample.h", "cbam_kernels.h")
+HEADERS = ("cbam.h", "cbam_sample.h", "cbam_kernels.h", "cbam_simd.h")
 # -fopenmp: at::parallel_for is a header template, parallel only where _OPENMP is defined
 # (the library then links the libgomp.so.1 that torch has already loaded).
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-DNDEBUG")

@@ -6,11 +6,11 @@ namespace {
 
 // Per-worker scratch of the backward loops.
 template <typename T>
-struct Scratch {
+struct BwdScratch {
   std::vector<T> buf;
-  T *ms, *t, *gsbn, *G, *gm, *gmc, *gva, *gvm, *tc, *h, *gr, *ghs, *cbuf;
-  Scratch(idx_t C, idx_t HW, idx_t Hd, int P, idx_t conv_scratch)
-      : buf(8 * HW + 4 * C + 2 * P * Hd + 2 * Hd + C + conv_scratch) {
+  T *ms, *t, *gsbn, *G, *gm, *dmc, *gva, *gvm, *tc, *chs, *chb, *zs, *os, *h, *gr, *ghs, *cbuf;
+  BwdScratch(idx_t C, idx_t HW, idx_t Hd, int P, idx_t conv_scratch)
+      : buf(8 * HW + 9 * C + 2 * P * Hd + 2 * Hd + conv_scratch) {
     T* q = buf.data();
     auto take = [&q](idx_t n) {
       T* r = q;
@@ -18,41 +18,44 @@ struct Scratch {
       return r;
     };
     ms = take(HW), t = take(HW), gsbn = take(HW), G = take(2 * HW), gm = take(3 * HW);
-    gmc = take(C), gva = take(C), gvm = take(C), tc = take(C), h = take(P * Hd);
-    gr = take(Hd + C), ghs = take(P * Hd + Hd), cbuf = take(conv_scratch);
+    dmc = take(C), gva = take(C), gvm = take(C), tc = take(C), chs = take(C), chb = take(C);
+    zs = take(C), os = take(C), h = take(P * Hd), gr = take(Hd + C), ghs = take(P * Hd + Hd);
+    cbuf = take(conv_scratch);
   }
 };
 
 template <typename T>
 std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
-                                      const Setup<T>& st, const at::Tensor& mc,
-                                      const at::Tensor& v, const at::Tensor& ihw,
-                                      const at::Tensor& maps, const at::Tensor& ic,
-                                      const at::Tensor& s, const at::Tensor& stats, bool norm,
-                                      bool batch_stats, bool need_gx) {
+                                      const Setup<T>& st, const BwdArgs& a) {
   const Slab& S = st.S;
-  const idx_t N = st.N, C = S.C, HW = S.HW, Hd = st.Hd, M = N * HW;
-  const int P = st.P, k = st.k, arr = st.arr;
+  const idx_t N = st.N, C = S.C, HW = S.HW, Hd = st.Hd;
+  const int P = st.P, k = st.k, arr = st.arr, head = a.head;
   const bool spatial = arr != kChannel;
-  const bool sync = spatial && norm && batch_stats;
+  const bool sync = spatial && a.norm && a.batch_stats;  // batch-wide spatial BatchNorm
+  const bool hsync = head == kHeadBatch;                  // batch-wide BatchNorm in front
+  const bool cs_sync = sync && arr == kChannelSpatial;
+  const bool need_gx = a.need_gx;
   auto opt = x.options();
-  at::Tensor gx = need_gx ? empty_output_like(x) : at::empty({0}, x.options());
+  at::Tensor gx = need_gx ? empty_output_like(x) : at::empty({0}, opt);
+  at::Tensor gsc = a.relu ? empty_output_like(x) : at::empty({0}, opt);
   at::Tensor glogit = at::empty({N, C}, opt);
   at::Tensor rsum = at::empty({N, Hd}, opt);
   at::Tensor gh = at::empty({P, N, Hd}, opt);
   const T* gp = g.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
+  const T* outp = a.relu ? a.out->data_ptr<T>() : nullptr;
   T* gxp = need_gx ? gx.data_ptr<T>() : nullptr;
-  const T* mcp = mc.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
-  const int32_t* ihwp = ihw.data_ptr<int32_t>();
-  const T* mapsp = maps.data_ptr<T>();
-  const int32_t* icp = ic.data_ptr<int32_t>();
-  const T* sp = s.data_ptr<T>();
+  T* gscp = a.relu ? gsc.data_ptr<T>() : nullptr;
+  const T* mcp = a.mc.data_ptr<T>();
+  const T* vp = a.v.data_ptr<T>();
+  const int32_t* ihwp = a.ihw.data_ptr<int32_t>();
+  const T* mapsp = a.maps.data_ptr<T>();
+  const int32_t* icp = a.ic.data_ptr<int32_t>();
+  const T* sp = a.s.data_ptr<T>();
   T* glp = glogit.data_ptr<T>();
   T* rsp = rsum.data_ptr<T>();
   T* ghp = gh.data_ptr<T>();
-  const double* aff = stats.data_ptr<double>();
+  const double* aff = a.stats.data_ptr<double>();
   const T A = T(aff[0]), B = T(aff[1]);
   const T invC = T(1) / T(C), invHW = T(1) / T(HW);
   const T* one_c = st.ones_c.data();
@@ -60,15 +63,34 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   const T* zero_c = st.zeros_c.data();
   const T* zero_p = st.zeros_p.data();
 
-  // Buffers that cross from the first per-sample loop to the second.
-  const bool cs_sync = sync && arr == kChannelSpatial;
-  std::vector<T> gs_all(spatial ? M : 0);  // d loss / d (A s + B), the spatial sigmoid's input
-  std::vector<T> gmc_all(N * C);           // sum_p g x ms, per channel
-  std::vector<T> gv_all(spatial ? 2 * N * C : 0);  // pooled-vector gradients (avg, max)
-  std::vector<T> sig_all(cs_sync ? 3 * N * C : 0);  // x-weighted sums of three components
-  std::vector<T> G_all(cs_sync ? 4 * N * HW : 0);    // conv_transpose of gs and of s
+  // The folded BatchNorm in front: x = ha z + hb, and gz = ha gx + k1 z + k0.
+  std::vector<T> ha(head ? C : 0), hb(head ? C : 0), k0(head ? C : 0), k1(head ? C : 0);
+  std::vector<double> mu(head ? C : 0), invstd(head ? C : 0);
+  if (head) {
+    const double* hs = a.hstats->data_ptr<double>();
+    const T* gam = ptr_or_null<T>(a.head_w);
+    const T* bet = ptr_or_null<T>(a.head_b);
+    for (idx_t c = 0; c < C; ++c) {
+      mu[c] = hs[c];
+      invstd[c] = hs[C + c];
+      const double sc = (gam ? double(gam[c]) : 1.0) * invstd[c];
+      ha[c] = T(sc);
+      hb[c] = T((bet ? double(bet[c]) : 0.0) - mu[c] * sc);
+    }
+  }
+  const T* zsump = head ? a.zsum->data_ptr<T>() : nullptr;
+
+  // Buffers that cross from one per-sample loop to the next.
+  std::vector<T> gs_all(spatial ? N * HW : 0);        // d loss / d (A s + B)
+  std::vector<T> s2_all(N * C), s1_all(head ? N * C : 0);  // sum_p gy x ms, sum_p gy ms
+  std::vector<T> gv_all(2 * N * C);                   // pooled-vector gradients (avg, max)
+  std::vector<T> zs_all(cs_sync ? 3 * N * C : 0), os_all(cs_sync && head ? 3 * N * C : 0);
+  std::vector<T> G_all(cs_sync ? 4 * N * HW : 0);     // conv_transpose of gs and of s
+  std::vector<T> Gm_all(hsync && spatial ? 2 * N * HW : 0);  // the pooling maps' gradient
+  std::vector<double> gs_sum(spatial ? 2 * N : 0);    // per sample: sum gs, sum gs s_hat
+  std::vector<double> hsum(head ? 2 * N * C : 0);     // per sample: sum_p gx, sum_p gx z
   const idx_t nw = num_workers(N);
-  std::vector<Scratch<T>> work;
+  std::vector<BwdScratch<T>> work;
   for (idx_t i = 0; i < nw; ++i) work.emplace_back(C, HW, Hd, P, st.conv.scratch());
   std::vector<double> gw_acc(spatial ? N * 2 * k * k : 0, 0.0);  // per sample: deterministic
   // conv_transpose of a map of ones: the BatchNorm mean term, the same for every sample.
@@ -76,127 +98,82 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   if (cs_sync) st.conv.backward_input(one_p, st.cw, g_ones.data(), work[0].cbuf);
   double cb = 0, cs = 0;  // the normalised logit gradient is A gs + cb + cs s
 
-  auto gate_map = [&](idx_t n, T* ms) {
-    const T* sn = sp + n * HW;
-    for (idx_t p = 0; p < HW; ++p) ms[p] = sigmoid(A * sn[p] + B);
-  };
-  // MLP backward of sample n from d loss / d mc into w.gva, w.gvm; stores the pieces of
-  // the MLP's parameter gradients (glogit, sum_p relu(h_p), gh).
-  auto mlp_bwd = [&](idx_t n, const T* gmc, Scratch<T>& w) {
+  auto gy_of = [&](idx_t n) { return a.relu ? gscp + n * C * HW : gp + n * C * HW; };
+  // MLP backward of sample n from d loss / d mc into w.gva, w.gvm (and gv_all); stores the
+  // pieces of the MLP's parameter gradients (glogit, sum_p relu(h_p), gh).
+  auto mlp_bwd = [&](idx_t n, const T* dmc, BwdScratch<T>& w) {
     const T* vs[2] = {vp + (st.avg_slot() * N + n) * C, vp + (st.max_slot() * N + n) * C};
     mlp_forward(st.mlp, vs, P, w.h, rsp + n * Hd, w.gr + Hd);  // recompute h
     T* gvs[2] = {st.avg ? w.gva : w.gvm, w.gvm};
-    mlp_backward(st.mlp, P, w.h, mcp + n * C, gmc, glp + n * C, w.gr, w.ghs, gvs);
+    mlp_backward(st.mlp, P, w.h, mcp + n * C, dmc, glp + n * C, w.gr, w.ghs, gvs);
     for (int q = 0; q < P; ++q)
       std::copy(w.ghs + q * Hd, w.ghs + (q + 1) * Hd, ghp + (q * N + n) * Hd);
     if (!st.avg) std::fill(w.gva, w.gva + C, T(0));
     if (!st.mx) std::fill(w.gvm, w.gvm + C, T(0));
+    std::copy(w.gva, w.gva + C, gv_all.data() + n * 2 * C);
+    std::copy(w.gvm, w.gvm + C, gv_all.data() + n * 2 * C + C);
   };
-  // gx = g Uc Vp + Pc Qp + Dc + Ep, then the max-pooling entries: at the position argmax of
-  // each channel gvm[c] (times scale_p there) and at the channel argmax of each position
-  // gmax[p] (times scale_c there).
-  auto write_gx = [&](idx_t n, const T* Uc, const T* Vp, const T* Pc, const T* Qp, const T* Dc,
-                      const T* Ep, const T* gvm, const T* scale_p, const T* gmax,
-                      const T* scale_c) {
-    if (!need_gx) return;
-    T* out = gxp + n * C * HW;
-    write_sample(S, gp + n * C * HW, out, Uc, Vp, Pc, Qp, Dc, Ep);
-    if (st.mx) {
-      const int32_t* ih = ihwp + n * C;
-      for (idx_t c = 0; c < C; ++c) out[S.at(c, ih[c])] += gvm[c] * scale_p[ih[c]];
-    }
-    if (gmax) {
-      const int32_t* icn = icp + n * HW;
-      for (idx_t p = 0; p < HW; ++p) out[S.at(icn[p], p)] += gmax[p] * scale_c[icn[p]];
-    }
-  };
-  // out[j][c] = sum_p x[c, p] G_j[HW + p] / C + sum_{p: ic[p] = c} x[c, p] G_j[p]: what the
-  // spatial pooling's gradient maps G_j (max map, then mean map) give the channel gate.
-  auto gate_sums = [&](idx_t n, int J, const T* const* Gs, T* const* out, Scratch<T>& w) {
+  // x-weighted sums of the pooling maps' gradients G_j (max map, then mean map), which the
+  // channel gate gets: zs[j][c] = sum_p x G_j[HW + p] / C + sum_{p: ic[p] = c} x G_j[p]
+  // (x = z with a folded BatchNorm) and, with one, the unweighted sums os[j][c].
+  auto gate_sums = [&](idx_t n, int Jn, const T* const* Gs, T* const* zs, T* const* os,
+                       BwdScratch<T>& w) {
     const T* xn = xp + n * C * HW;
     const T* wts[3];
-    for (int j = 0; j < J; ++j) {
+    for (int j = 0; j < Jn; ++j) {
       T* gm = w.gm + j * HW;
       for (idx_t p = 0; p < HW; ++p) gm[p] = Gs[j][HW + p] * invC;
       wts[j] = gm;
     }
-    wsum_over_pos(S, xn, J, wts, out);
+    wsum_over_pos(S, xn, Jn, wts, zs);
     const int32_t* icn = icp + n * HW;
+    for (int j = 0; os && j < Jn; ++j) {
+      T tot = 0;
+      for (idx_t p = 0; p < HW; ++p) tot += wts[j][p];
+      std::fill(os[j], os[j] + C, tot);
+    }
     for (idx_t p = 0; p < HW; ++p) {
       const T xv = xn[S.at(icn[p], p)];
-      for (int j = 0; j < J; ++j) out[j][icn[p]] += xv * Gs[j][p];
-    }
-  };
-
-  // Second half of sample n: everything that needs the BatchNorm coefficients.
-  auto finish = [&](idx_t n, idx_t wk) {
-    Scratch<T>& w = work[wk];
-    const T* sn = sp + n * HW;
-    const T* gs = gs_all.data() + n * HW;
-    gate_map(n, w.ms);
-    for (idx_t p = 0; p < HW; ++p) w.gsbn[p] = A * gs[p] + T(cb) + T(cs) * sn[p];
-    st.conv.backward_weight(mapsp + n * 2 * HW, w.gsbn, gw_acc.data() + n * 2 * k * k, w.cbuf);
-    if (cs_sync) {  // conv_transpose is linear: combine the stored components
-      const T* G0 = G_all.data() + n * 4 * HW;
-      const T* G2 = G0 + 2 * HW;
-      const T* G1 = g_ones.data();
-      for (idx_t p = 0; p < 2 * HW; ++p) w.G[p] = A * G0[p] + T(cb) * G1[p] + T(cs) * G2[p];
-    } else {
-      st.conv.backward_input(w.gsbn, st.cw, w.G, w.cbuf);
-    }
-    T* gmax = w.G;
-    T* gmean = w.G + HW;
-    const T* mcn = mcp + n * C;
-    if (arr == kChannelSpatial) {
-      const T* gmca = gmc_all.data() + n * C;
-      if (cs_sync) {
-        const T* sg[3] = {sig_all.data() + n * C, sig_all.data() + (N + n) * C,
-                          sig_all.data() + (2 * N + n) * C};
-        for (idx_t c = 0; c < C; ++c)
-          w.gmc[c] = gmca[c] + A * sg[0][c] + T(cb) * sg[1][c] + T(cs) * sg[2][c];
-      } else {
-        const T* Gs[1] = {w.G};
-        T* outs[1] = {w.tc};
-        gate_sums(n, 1, Gs, outs, w);
-        for (idx_t c = 0; c < C; ++c) w.gmc[c] = gmca[c] + w.tc[c];
+      for (int j = 0; j < Jn; ++j) {
+        zs[j][icn[p]] += xv * Gs[j][p];
+        if (os) os[j][icn[p]] += Gs[j][p];
       }
-      mlp_bwd(n, w.gmc, w);
-      for (idx_t c = 0; c < C; ++c) w.gva[c] *= invHW;
-      for (idx_t p = 0; p < HW; ++p) gmean[p] *= invC;
-      write_gx(n, mcn, w.ms, mcn, gmean, w.gva, zero_p, w.gvm, one_p, gmax, mcn);
-      return;
     }
-    for (idx_t p = 0; p < HW; ++p) gmean[p] *= invC;
-    const T* gva = gv_all.data() + n * 2 * C;
-    const T* gvm = gva + C;
-    for (idx_t c = 0; c < C; ++c) w.tc[c] = gva[c] * invHW;
-    if (arr == kSpatialChannel)
-      write_gx(n, mcn, w.ms, w.tc, w.ms, zero_c, gmean, gvm, w.ms, gmax, one_c);
-    else  // parallel
-      write_gx(n, mcn, w.ms, zero_c, zero_p, w.tc, gmean, gvm, one_p, gmax, one_c);
+  };
+  // The per-channel factors of the gated map x mc = z chs + chb (cs arrangement).
+  auto gated = [&](idx_t n, BwdScratch<T>& w) -> const T* {
+    const T* mcn = mcp + n * C;
+    if (!head) {
+      std::copy(mcn, mcn + C, w.chs);
+      return nullptr;
+    }
+    for (idx_t c = 0; c < C; ++c) {
+      w.chs[c] = ha[c] * mcn[c];
+      w.chb[c] = hb[c] * mcn[c];
+    }
+    return w.chb;
   };
 
-  // First half of sample n: the reductions over g and x, and all that needs no batch sums.
-  auto start = [&](idx_t n, idx_t wk) {
-    Scratch<T>& w = work[wk];
-    const T* gn = gp + n * C * HW;
-    const T* xn = xp + n * C * HW;
-    const T* mcn = mcp + n * C;
-    T* gmc = gmc_all.data() + n * C;
+  // ---- stage A: the reductions over gy and x, and all that needs no batch sums ---------
+  auto stage_a = [&](idx_t n, idx_t wk) {
+    BwdScratch<T>& w = work[wk];
+    const idx_t off = n * C * HW;
+    if (a.relu) relu_mask(gp + off, outp + off, gscp + off, C * HW);
+    const T* gy = gy_of(n);
+    const T* xn = xp + off;
+    T* s2 = s2_all.data() + n * C;
+    T* s1 = head ? s1_all.data() + n * C : nullptr;
     if (!spatial) {
-      reduce_sample<T>(S, gn, xn, one_c, one_p, gmc, nullptr);
-      mlp_bwd(n, gmc, w);
-      for (idx_t c = 0; c < C; ++c) w.gva[c] *= invHW;
-      write_gx(n, mcn, one_p, zero_c, zero_p, w.gva, zero_p, w.gvm, one_p, nullptr, nullptr);
+      reduce_sample<T>(S, gy, xn, one_c, one_p, nullptr, s2, s1, nullptr);
       return;
     }
-    gate_map(n, w.ms);
-    reduce_sample<T>(S, gn, xn, mcn, w.ms, gmc, w.t);
-    T* gs = gs_all.data() + n * HW;
-    if (arr != kChannelSpatial) mlp_bwd(n, gmc, w);  // the channel gate's input is x1 or x
+    sigmoid_map(sp + n * HW, HW, A, B, w.ms);
+    const T* chb = gated(n, w);
+    reduce_sample<T>(S, gy, xn, w.chs, w.ms, chb, s2, s1, w.t);
+    if (arr != kChannelSpatial) mlp_bwd(n, s2, w);  // the channel gate's input is x1 or x
     if (arr == kSpatialChannel) {  // x1 = x ms: the channel gate adds to d loss / d ms
       for (idx_t c = 0; c < C; ++c) w.tc[c] = w.gva[c] * invHW;
-      T* u = w.gsbn;  // sum_c x (d loss / d x1 without the g mc term)
+      T* u = w.gsbn;  // sum_c x (d loss / d x1 without the gy mc term)
       wsum_over_ch(S, xn, w.tc, u);
       if (st.mx) {
         const int32_t* ih = ihwp + n * C;
@@ -204,51 +181,222 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       }
       for (idx_t p = 0; p < HW; ++p) w.t[p] += u[p];
     }
-    if (arr != kChannelSpatial) {
-      std::copy(w.gva, w.gva + C, gv_all.data() + n * 2 * C);
-      std::copy(w.gvm, w.gvm + C, gv_all.data() + n * 2 * C + C);
+    T* gs = gs_all.data() + n * HW;
+    const T* sn = sp + n * HW;
+    double g1 = 0, g2 = 0;
+    for (idx_t p = 0; p < HW; ++p) {
+      gs[p] = w.t[p] * w.ms[p] * (T(1) - w.ms[p]);
+      g1 += double(gs[p]);
+      g2 += double(gs[p]) * (double(sn[p]) - aff[2]) * aff[3];
     }
-    for (idx_t p = 0; p < HW; ++p) gs[p] = w.t[p] * w.ms[p] * (T(1) - w.ms[p]);
-    if (!sync) return finish(n, wk);
-    if (arr == kChannelSpatial) {  // the x-weighted sums of the components gs, 1 and s
+    gs_sum[2 * n] = g1;
+    gs_sum[2 * n + 1] = g2;
+    if (cs_sync) {  // the x-weighted sums of the components gs, 1 and s
       T* G0 = G_all.data() + n * 4 * HW;
       T* G2 = G0 + 2 * HW;
       st.conv.backward_input(gs, st.cw, G0, w.cbuf);
-      st.conv.backward_input(sp + n * HW, st.cw, G2, w.cbuf);
+      st.conv.backward_input(sn, st.cw, G2, w.cbuf);
       const T* Gs[3] = {G0, g_ones.data(), G2};
-      T* outs[3] = {sig_all.data() + n * C, sig_all.data() + (N + n) * C,
-                    sig_all.data() + (2 * N + n) * C};
-      gate_sums(n, 3, Gs, outs, w);
+      T* zs[3] = {zs_all.data() + n * C, zs_all.data() + (N + n) * C,
+                  zs_all.data() + (2 * N + n) * C};
+      T* os[3] = {nullptr, nullptr, nullptr};
+      if (head)
+        for (int j = 0; j < 3; ++j) os[j] = os_all.data() + (j * N + n) * C;
+      gate_sums(n, 3, Gs, zs, head ? os : nullptr, w);
     }
   };
 
-  for_each_sample(N, start);
-  // BatchNorm (or conv bias) gradients from the per-sample logit gradients.
+  // ---- stage F: what needs the spatial BatchNorm's batch sums (small tensors only) ------
+  // Leaves the pooling maps' gradient in w.G (max map, then mean map / C).
+  auto stage_f = [&](idx_t n, idx_t wk) {
+    BwdScratch<T>& w = work[wk];
+    const T* mcn = mcp + n * C;
+    const T* s2 = s2_all.data() + n * C;
+    const T* s1 = head ? s1_all.data() + n * C : nullptr;
+    T* ZS = w.zs;  // sum_p z dL/dx1 (pooling part), and unweighted (OS)
+    T* OS = w.os;
+    std::fill(ZS, ZS + C, T(0));
+    std::fill(OS, OS + C, T(0));
+    if (spatial) {
+      const T* sn = sp + n * HW;
+      const T* gs = gs_all.data() + n * HW;
+      for (idx_t p = 0; p < HW; ++p) w.gsbn[p] = A * gs[p] + T(cb) + T(cs) * sn[p];
+      st.conv.backward_weight(mapsp + n * 2 * HW, w.gsbn, gw_acc.data() + n * 2 * k * k, w.cbuf);
+      if (cs_sync) {  // conv_transpose is linear: combine the stored components
+        const T* G0 = G_all.data() + n * 4 * HW;
+        const T* G2 = G0 + 2 * HW;
+        const T* G1 = g_ones.data();
+        for (idx_t p = 0; p < 2 * HW; ++p) w.G[p] = A * G0[p] + T(cb) * G1[p] + T(cs) * G2[p];
+        const T coef[3] = {A, T(cb), T(cs)};
+        for (int j = 0; j < 3; ++j) {
+          const T* zj = zs_all.data() + (j * N + n) * C;
+          const T* oj = head ? os_all.data() + (j * N + n) * C : nullptr;
+          for (idx_t c = 0; c < C; ++c) {
+            ZS[c] += coef[j] * zj[c];
+            if (oj) OS[c] += coef[j] * oj[c];
+          }
+        }
+      } else {
+        st.conv.backward_input(w.gsbn, st.cw, w.G, w.cbuf);
+        if (arr == kChannelSpatial) {
+          const T* Gs[1] = {w.G};
+          T* zs[1] = {ZS};
+          T* os[1] = {OS};
+          gate_sums(n, 1, Gs, zs, head ? os : nullptr, w);
+        }
+      }
+      for (idx_t p = 0; p < HW; ++p) w.G[HW + p] *= invC;
+    }
+    if (arr == kChannel || arr == kChannelSpatial) {  // d loss / d mc, then the MLP
+      for (idx_t c = 0; c < C; ++c)
+        w.dmc[c] = head ? ha[c] * (s2[c] + ZS[c]) + hb[c] * (s1[c] + OS[c]) : s2[c] + ZS[c];
+      mlp_bwd(n, w.dmc, w);
+    }
+    if (hsync && spatial) std::copy(w.G, w.G + 2 * HW, Gm_all.data() + n * 2 * HW);
+    if (!head) return;
+    // sum_p gx and sum_p gx z per channel (gx: the gradient at the BatchNorm's output).
+    const T* gva = gv_all.data() + n * 2 * C;
+    const T* gvm = gva + C;
+    const T* zn = xp + n * C * HW;
+    const T* zsn = zsump + n * C;
+    const int32_t* ih = ihwp + n * C;
+    double* h1 = hsum.data() + n * 2 * C;
+    double* h2 = h1 + C;
+    for (idx_t c = 0; c < C; ++c) {
+      const double m = double(mcn[c]);
+      const double zmax = st.mx ? double(zn[S.at(c, ih[c])]) : 0.0;
+      h1[c] = m * (double(s1[c]) + double(OS[c])) + double(gva[c]) + double(gvm[c]);
+      h2[c] = m * (double(s2[c]) + double(ZS[c])) + double(gva[c]) * double(invHW) * zsn[c] +
+              double(gvm[c]) * zmax;
+    }
+  };
+
+  // ---- stage C: the input gradient -------------------------------------------------------
+  auto stage_c = [&](idx_t n, idx_t wk) {
+    if (!need_gx) return;
+    BwdScratch<T>& w = work[wk];
+    const idx_t off = n * C * HW;
+    const T* gy = gy_of(n);
+    T* out = gxp + off;
+    const T* mcn = mcp + n * C;
+    const T* gva = gv_all.data() + n * 2 * C;
+    const T* gvm = gva + C;
+    const T* G = hsync && spatial ? Gm_all.data() + n * 2 * HW : w.G;
+    const T* gmax = G;
+    const T* gmean = G + HW;  // already / C
+    if (spatial) sigmoid_map(sp + n * HW, HW, A, B, w.ms);
+    const T* ms = spatial ? w.ms : one_p;
+    const int32_t* ih = ihwp + n * C;
+    const int32_t* icn = icp + n * HW;
+    if (arr == kChannel || arr == kChannelSpatial) {
+      // gx = gy mc ms + mc gmean + gva / HW (+ max entries); with the BatchNorm in front,
+      // gz = ha gx + k1 z + k0.
+      T* U = w.chs;
+      T* D = w.tc;
+      for (idx_t c = 0; c < C; ++c) {
+        const T sc = head ? ha[c] : T(1);
+        U[c] = sc * mcn[c];
+        D[c] = sc * gva[c] * invHW + (head ? k0[c] : T(0));
+      }
+      const bool cs_arr = arr == kChannelSpatial;
+      write_sample(S, gy, out, U, ms, cs_arr ? U : zero_c, cs_arr ? gmean : zero_p, D, zero_p,
+                   hsync ? xp + off : nullptr, hsync ? k1.data() : nullptr);
+      if (st.mx)
+        for (idx_t c = 0; c < C; ++c) out[S.at(c, ih[c])] += (head ? ha[c] : T(1)) * gvm[c];
+      if (cs_arr)
+        for (idx_t p = 0; p < HW; ++p) out[S.at(icn[p], p)] += gmax[p] * U[icn[p]];
+      return;
+    }
+    for (idx_t c = 0; c < C; ++c) w.tc[c] = gva[c] * invHW;
+    if (arr == kSpatialChannel) {
+      write_sample(S, gy, out, mcn, ms, w.tc, ms, zero_c, gmean);
+      if (st.mx)
+        for (idx_t c = 0; c < C; ++c) out[S.at(c, ih[c])] += gvm[c] * ms[ih[c]];
+    } else {  // parallel
+      write_sample(S, gy, out, mcn, ms, zero_c, zero_p, w.tc, gmean);
+      if (st.mx)
+        for (idx_t c = 0; c < C; ++c) out[S.at(c, ih[c])] += gvm[c];
+    }
+    for (idx_t p = 0; p < HW; ++p) out[S.at(icn[p], p)] += gmax[p];
+  };
+
+  // ---- the loops and the batch-wide sums between them ------------------------------------
+  int loops = 0;
+  auto run = [&](auto&& body) { for_each_sample(N, body, loops++ % 2 == 1); };
+  auto spatial_sums = [&] {  // A (gs - mean(gs) - s_hat mean(gs s_hat)), s_hat = (s - mean) invstd
+    if (!sync) return;
+    double s1 = 0, s2 = 0;
+    for (idx_t n = 0; n < N; ++n) s1 += gs_sum[2 * n], s2 += gs_sum[2 * n + 1];
+    const double M = double(N * HW), mean = aff[2], inv = aff[3];
+    cb = -aff[0] * s1 / M + aff[0] * (s2 / M) * inv * mean;
+    cs = -aff[0] * (s2 / M) * inv;
+  };
+  std::vector<double> hg(head ? 2 * C : 0);  // sum gx, sum gx z_hat over the batch
+  auto head_sums = [&] {
+    for (idx_t c = 0; c < C; ++c) {
+      double t1 = 0, t2 = 0;
+      for (idx_t n = 0; n < N; ++n) t1 += hsum[n * 2 * C + c], t2 += hsum[n * 2 * C + C + c];
+      hg[c] = t1;
+      hg[C + c] = (t2 - mu[c] * t1) * invstd[c];
+      if (hsync) {  // gz = ha (gx - mean(gx) - z_hat mean(gx z_hat))
+        const double M = double(N * HW), m1 = t1 / M, m2 = hg[C + c] / M;
+        k1[c] = T(-double(ha[c]) * invstd[c] * m2);
+        k0[c] = T(-double(ha[c]) * m1 + double(ha[c]) * invstd[c] * mu[c] * m2);
+      }
+    }
+  };
+  if (!sync && !hsync) {
+    run([&](idx_t n, idx_t wk) {
+      stage_a(n, wk);
+      stage_f(n, wk);
+      stage_c(n, wk);
+    });
+  } else if (!hsync) {
+    run(stage_a);
+    spatial_sums();
+    run([&](idx_t n, idx_t wk) {
+      stage_f(n, wk);
+      stage_c(n, wk);
+    });
+  } else {
+    if (sync) {
+      run(stage_a);
+      spatial_sums();
+      run(stage_f);
+    } else {
+      run([&](idx_t n, idx_t wk) {
+        stage_a(n, wk);
+        stage_f(n, wk);
+      });
+    }
+    head_sums();
+    if (need_gx) run(stage_c);
+  }
+  if (head && !hsync) head_sums();
+
+  // BatchNorm (or conv bias) gradients of the spatial branch.
   auto none = [&opt] { return at::empty({0}, opt); };  // distinct: outputs never alias
   at::Tensor gconv_b = none(), gbn_w = none(), gbn_b = none(), gconv_w = none();
+  at::Tensor ghead_w = none(), ghead_b = none();
   if (spatial) {
-    const double mean = aff[2], invstd = aff[3];
     double s1 = 0, s2 = 0;
-    for (idx_t i = 0; i < M; ++i) {
-      s1 += gs_all[i];
-      s2 += double(gs_all[i]) * (double(sp[i]) - mean) * invstd;
-    }
-    if (norm) {
+    for (idx_t n = 0; n < N; ++n) s1 += gs_sum[2 * n], s2 += gs_sum[2 * n + 1];
+    if (a.norm) {
       gbn_b = at::full({1}, s1, opt);
       gbn_w = at::full({1}, s2, opt);
     } else {
       gconv_b = at::full({1}, s1, opt);
     }
-    if (sync) {  // A (gs - mean(gs) - xhat mean(gs xhat)), xhat = (s - mean) invstd
-      const double a = aff[0], mg = s1 / double(M), mgx = s2 / double(M);
-      cb = -a * mg + a * mgx * invstd * mean;
-      cs = -a * mgx * invstd;
-      for_each_sample(N, finish, /*reverse=*/true);
-    }
+  }
+  if (head) {
+    ghead_b = at::tensor(std::vector<double>(hg.begin(), hg.begin() + C), opt.dtype(at::kDouble))
+                  .to(x.scalar_type());
+    ghead_w = at::tensor(std::vector<double>(hg.begin() + C, hg.end()), opt.dtype(at::kDouble))
+                  .to(x.scalar_type());
   }
   // Parameter gradients of the MLP and the conv, from the per-sample pieces (plain loops:
   // these products are tiny, and a BLAS call right after the loops costs milliseconds; a
-  // parallel region only pays off for large ones, as idle workers spin on shared cores).
+  // parallel region only pays off for large ones).
   at::Tensor gw1 = at::empty({Hd, C}, opt), gw2 = at::empty({C, Hd}, opt);
   at::Tensor gb1 = at::empty({Hd}, opt), gb2 = at::empty({C}, opt);
   T* gw1p = gw1.data_ptr<T>();
@@ -273,7 +421,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       for (int j = 0; j < 2 * k * k; ++j) acc[j] += gw_acc[i * 2 * k * k + j];
     gconv_w = at::tensor(acc, opt.dtype(at::kDouble)).to(x.scalar_type()).view({1, 2, k, k});
   }
-  return {gx, gw1, gb1, gw2, gb2, gconv_w, gconv_b, gbn_w, gbn_b};
+  return {gx, gw1, gb1, gw2, gb2, gconv_w, gconv_b, gbn_w, gbn_b, gsc, ghead_w, ghead_b};
 }
 
 }  // namespace
@@ -283,18 +431,40 @@ std::vector<at::Tensor> cbam_backward(
     const at::Tensor& w2, const at::Tensor& b2, const OptTensor& conv_w, const at::Tensor& mc,
     const at::Tensor& v, const at::Tensor& idx_hw, const at::Tensor& maps,
     const at::Tensor& idx_c, const at::Tensor& s, const at::Tensor& stats, int64_t arrangement,
-    bool use_avg, bool use_max, bool norm, bool batch_stats, bool need_gx) {
+    bool use_avg, bool use_max, bool norm, bool batch_stats, bool need_gx, const OptTensor& out,
+    bool relu, int64_t head, const OptTensor& head_w, const OptTensor& head_b,
+    const OptTensor& hstats, const OptTensor& zsum) {
   check_args(x, {w1, b1, w2, b2}, conv_w, arrangement, use_avg, use_max);
   TORCH_CHECK(g.sizes() == x.sizes() && g.strides() == x.strides() &&
                   g.scalar_type() == x.scalar_type(),
               "fused CBAM: the gradient must have the input's layout");
-  std::vector<at::Tensor> out;
+  check_tail_head(x, relu ? out : OptTensor(), arrangement, head, {head_w, head_b});
+  TORCH_CHECK(!relu || defined(out), "fused CBAM: the ReLU's backward needs the output");
+  TORCH_CHECK(!head || (defined(hstats) && defined(zsum)),
+              "fused CBAM: the folded BatchNorm's backward needs its statistics");
+  BwdArgs a{.norm = norm,
+            .batch_stats = batch_stats,
+            .need_gx = need_gx,
+            .relu = relu,
+            .head = static_cast<int>(head),
+            .mc = mc,
+            .v = v,
+            .ihw = idx_hw,
+            .maps = maps,
+            .ic = idx_c,
+            .s = s,
+            .stats = stats,
+            .out = opt_or_null(out),
+            .head_w = head_w,
+            .head_b = head_b,
+            .hstats = opt_or_null(hstats),
+            .zsum = opt_or_null(zsum)};
+  std::vector<at::Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward", [&] {
     Setup<scalar_t> st(x, w1, b1, w2, b2, conv_w, arrangement, use_avg, use_max);
-    out = backward_impl<scalar_t>(g, x, st, mc, v, idx_hw, maps, idx_c, s, stats, norm,
-                                  batch_stats, need_gx);
+    res = backward_impl<scalar_t>(g, x, st, a);
   });
-  return out;
+  return res;
 }
 
 }  // namespace convattn

@@ -8,13 +8,19 @@
 // compiler's vectoriser (`#pragma omp simd`, no OpenMP runtime needed).
 //
 // Max pooling keeps the FIRST index of the maximum (ties are measure-zero for real data);
-// a NaN anywhere in a pooled set makes the max NaN, as torch.amax does.
+// a NaN anywhere in a pooled set makes the max NaN, as torch.amax does. Index outputs may
+// be nullptr where no gradient is wanted. For float on AVX-512 CPUs the hot primitives
+// run the hand-vectorised versions of cbam_simd.h.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "cbam_simd.h"
 
 namespace convattn {
 
@@ -25,13 +31,39 @@ inline T sigmoid(T z) {
   return T(1) / (T(1) + std::exp(-z));
 }
 
-// ---- pooling -------------------------------------------------------------------------
+template <typename T>
+constexpr bool kSimd = std::is_same_v<T, float> && simd::kFloat;
 
-// Column pooling of columns [k0, k0 + kw), kw <= TW: sum, max and argmax over all rows,
-// held in registers (TW values each) and stored once.
+// out[i] = sigmoid(a s[i] + b).
+template <typename T>
+void sigmoid_map(const T* s, idx_t n, T a, T b, T* out) {
+  if constexpr (kSimd<T>) {
+    simd::sigmoid_affine(s, a, b, out, n);
+  } else {
+    for (idx_t i = 0; i < n; ++i) out[i] = sigmoid(a * s[i] + b);
+  }
+}
+
+// ---- pooling -------------------------------------------------------------------------
+//
+// The pooled element is e[r, k] = m[r, k] ru[r] cv[k] + rb[r] + cb[k] (biases optional):
+// per-channel and per-position scales, and the per-channel shift of a folded BatchNorm.
+
+template <typename T>
+struct Elem {
+  const T *m, *ru, *cv, *rb, *cb;
+  idx_t K;
+  T operator()(idx_t r, idx_t k) const {
+    T e = m[r * K + k] * ru[r] * cv[k];
+    if (rb || cb) e += (cb ? cb[k] : T(0)) + (rb ? rb[r] : T(0));
+    return e;
+  }
+};
+
+// Column pooling of columns [k0, k0 + kw), kw <= TW: sum, max and argmax over all rows.
 template <typename T, int TW>
-void pool_cols_tile(const T* m, idx_t R, idx_t K, idx_t k0, int kw, const T* ru, const T* cv,
-                    T* csum, T* cmax, int32_t* cidx) {
+void pool_cols_tile(const Elem<T>& e, idx_t R, idx_t k0, int kw, T* csum, T* cmax,
+                    int32_t* cidx) {
   T ls[TW], lm[TW];
   int32_t li[TW];
   for (int j = 0; j < TW; ++j) {
@@ -39,152 +71,172 @@ void pool_cols_tile(const T* m, idx_t R, idx_t K, idx_t k0, int kw, const T* ru,
     lm[j] = -std::numeric_limits<T>::infinity();
     li[j] = 0;
   }
-  const T* cvk = cv + k0;
   for (idx_t r = 0; r < R; ++r) {
-    const T* mr = m + r * K + k0;
-    const T u = ru[r];
     const int32_t ri = static_cast<int32_t>(r);
-    auto step = [&](int j) {
-      const T e = mr[j] * u * cvk[j];
-      ls[j] += e;
-      const bool gt = e > lm[j];
-      lm[j] = gt ? e : lm[j];
+    for (int j = 0; j < kw; ++j) {
+      const T v = e(r, k0 + j);
+      ls[j] += v;
+      const bool gt = v > lm[j];
+      lm[j] = gt ? v : lm[j];
       li[j] = gt ? ri : li[j];
-    };
-    if (kw == TW) {
-#pragma omp simd
-      for (int j = 0; j < TW; ++j) step(j);
-    } else {
-      for (int j = 0; j < kw; ++j) step(j);
     }
   }
   for (int j = 0; j < kw; ++j) {
     csum[k0 + j] = ls[j];
     cmax[k0 + j] = lm[j];
-    cidx[k0 + j] = li[j];
+    if (cidx) cidx[k0 + j] = li[j];
   }
 }
 
 // Column NaNs: a NaN in column k makes its sum NaN; then its max is NaN, at the first NaN.
 template <typename T>
-void pool_cols_nan(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, const T* csum,
-                   T* cmax, int32_t* cidx) {
+void pool_cols_nan(const Elem<T>& e, idx_t R, idx_t K, const T* csum, T* cmax, int32_t* cidx) {
   for (idx_t k = 0; k < K; ++k) {
     if (!std::isnan(csum[k])) continue;
     for (idx_t r = 0; r < R; ++r) {
-      if (std::isnan(m[r * K + k] * ru[r] * cv[k])) {
+      if (std::isnan(e(r, k))) {
         cmax[k] = std::numeric_limits<T>::quiet_NaN();
-        cidx[k] = static_cast<int32_t>(r);
+        if (cidx) cidx[k] = static_cast<int32_t>(r);
         break;
       }
     }
   }
 }
 
-// Row pooling (for each r over k) and/or column pooling (for each k over r) of
-// e[r, k] = m[r, k] * ru[r] * cv[k]. Row outputs: rsum, rmax, ridx; column: csum, cmax, cidx.
-// Column pooling alone runs in register tiles of 4 vectors (a running max/argmax/sum per
-// column in memory costs three loads and stores per element, beyond L1 for long rows).
-template <typename T, bool ROWS, bool COLS>
-void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum, T* rmax,
-          int32_t* ridx, T* csum, T* cmax, int32_t* cidx) {
-  const T ninf = -std::numeric_limits<T>::infinity();
-  if (!ROWS) {
-    constexpr int TW = 256 / sizeof(T);
-    for (idx_t k0 = 0; k0 < K; k0 += TW) {
-      const int kw = static_cast<int>(std::min<idx_t>(TW, K - k0));
-      pool_cols_tile<T, TW>(m, R, K, k0, kw, ru, cv, csum, cmax, cidx);
+// Row NaNs likewise: the first NaN of row r, if any, is its max.
+template <typename T>
+void pool_row_nan(const Elem<T>& e, idx_t r, idx_t K, T* rmax, int32_t* ridx) {
+  for (idx_t k = 0; k < K; ++k) {
+    if (std::isnan(e(r, k))) {
+      rmax[r] = std::numeric_limits<T>::quiet_NaN();
+      if (ridx) ridx[r] = static_cast<int32_t>(k);
+      return;
     }
-    pool_cols_nan(m, R, K, ru, cv, csum, cmax, cidx);
+  }
+}
+
+// Row pooling (for each r over k: rsum, rmax, ridx) and/or column pooling (for each k over
+// r: csum, cmax, cidx) of e.
+template <typename T, bool ROWS, bool COLS>
+void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, const T* rb, const T* cb,
+          T* rsum, T* rmax, int32_t* ridx, T* csum, T* cmax, int32_t* cidx) {
+  const Elem<T> e{m, ru, cv, rb, cb, K};
+  if constexpr (kSimd<T>) {
+    if (ROWS)
+      simd::pool_rows(m, R, K, ru, cv, rb, cb, rsum, rmax, ridx,
+                      [&](idx_t r) { pool_row_nan(e, r, K, rmax, ridx); });
+    if (COLS) {
+      simd::pool_cols(m, R, K, ru, cv, rb, cb, csum, cmax, cidx);
+      pool_cols_nan(e, R, K, csum, cmax, cidx);
+    }
     return;
   }
   if (COLS) {
-    std::fill(csum, csum + K, T(0));
-    std::fill(cmax, cmax + K, ninf);
-    std::fill(cidx, cidx + K, 0);
+    constexpr int TW = 64;
+    for (idx_t k0 = 0; k0 < K; k0 += TW)
+      pool_cols_tile<T, TW>(e, R, k0, static_cast<int>(std::min<idx_t>(TW, K - k0)), csum,
+                            cmax, cidx);
+    pool_cols_nan(e, R, K, csum, cmax, cidx);
   }
-  constexpr idx_t kBlock = 256;  // the row argmax is searched in the block of the max only
+  if (!ROWS) return;
   for (idx_t r = 0; r < R; ++r) {
-    const T* mr = m + r * K;
-    const T u = ru[r];
-    T s = 0, mx = ninf;
-    idx_t mblock = 0;
-    if (COLS) {
-      const int32_t ri = static_cast<int32_t>(r);
-#pragma omp simd reduction(+ : s) reduction(max : mx)
-      for (idx_t k = 0; k < K; ++k) {
-        const T e = mr[k] * u * cv[k];
-        s += e;
-        mx = std::max(mx, e);
-        const T old = cmax[k];
-        const bool gt = e > old;
-        csum[k] += e;
-        cmax[k] = gt ? e : old;
-        cidx[k] = gt ? ri : cidx[k];
+    T s = 0, mx = -std::numeric_limits<T>::infinity();
+    int32_t at = 0;
+    for (idx_t k = 0; k < K; ++k) {
+      const T v = e(r, k);
+      s += v;
+      if (v > mx) {
+        mx = v;
+        at = static_cast<int32_t>(k);
       }
-    } else {
-      for (idx_t k0 = 0; k0 < K; k0 += kBlock) {
-        const idx_t k1 = std::min(K, k0 + kBlock);
-        T bm = ninf;
-#pragma omp simd reduction(+ : s) reduction(max : bm)
-        for (idx_t k = k0; k < k1; ++k) {
-          const T e = mr[k] * u * cv[k];
-          s += e;
-          bm = std::max(bm, e);
-        }
-        if (bm > mx) {
-          mx = bm;
-          mblock = k0;
-        }
-      }
-    }
-    idx_t at = 0;
-    if (std::isnan(s)) {  // a NaN (or inf - inf): report the first NaN, if any
-      while (at < K && !std::isnan(mr[at] * u * cv[at])) ++at;
-      if (at < K) mx = std::numeric_limits<T>::quiet_NaN();
-      at = at < K ? at : 0;
-    } else {
-      at = mblock;  // with COLS the block is unknown (0): the search covers the row
-      while (at < K - 1 && !(mr[at] * u * cv[at] == mx)) ++at;
     }
     rsum[r] = s;
     rmax[r] = mx;
-    ridx[r] = static_cast<int32_t>(at);
+    if (ridx) ridx[r] = at;
+    if (std::isnan(s)) pool_row_nan(e, r, K, rmax, ridx);
   }
-  if (COLS) pool_cols_nan(m, R, K, ru, cv, csum, cmax, cidx);
 }
 
-// y[r, k] = m[r, k] * ru[r] * cv[k].
+// Squared deviations: out[r] = sum_k (m[r, k] - mu[r])^2 (rows) or out[k] = sum_r
+// (m[r, k] - mu[k])^2, for the BatchNorm variance from per-sample means.
 template <typename T>
-void scale(const T* m, T* y, idx_t R, idx_t K, const T* ru, const T* cv) {
+void sq_dev(const T* m, idx_t R, idx_t K, const T* mu, bool rows, T* out) {
+  if constexpr (kSimd<T>) return simd::sq_dev(m, R, K, mu, rows, out);
+  if (!rows) std::fill(out, out + K, T(0));
   for (idx_t r = 0; r < R; ++r) {
-    const T u = ru[r];
     const T* mr = m + r * K;
-    T* yr = y + r * K;
+    if (rows) {
+      T acc = 0;
+      const T u = mu[r];
+#pragma omp simd reduction(+ : acc)
+      for (idx_t k = 0; k < K; ++k) acc += (mr[k] - u) * (mr[k] - u);
+      out[r] = acc;
+    } else {
 #pragma omp simd
-    for (idx_t k = 0; k < K; ++k) yr[k] = mr[k] * u * cv[k];
+      for (idx_t k = 0; k < K; ++k) out[k] += (mr[k] - mu[k]) * (mr[k] - mu[k]);
+    }
+  }
+}
+
+// The forward's output: y[r, k] = m ru[r] cv[k] + rb[r] cv[k] + cb[k] ru[r] (+ sc[r, k]),
+// then ReLU if asked: the folded BatchNorm's shift (rb or cb, per channel) is gated like
+// the rest of x.
+template <typename T>
+void scale(const T* m, T* y, idx_t R, idx_t K, const T* ru, const T* cv, const T* rb,
+           const T* cb, const T* sc, bool relu) {
+  for (idx_t r = 0; r < R; ++r) {
+    const T u = ru[r], b = rb ? rb[r] : T(0);
+    const T* mr = m + r * K;
+    const T* sr = sc ? sc + r * K : nullptr;
+    T* yr = y + r * K;
+    if (!cb && !sr && !relu) {
+#pragma omp simd
+      for (idx_t k = 0; k < K; ++k) yr[k] = (mr[k] * u + b) * cv[k];
+      continue;
+    }
+#pragma omp simd
+    for (idx_t k = 0; k < K; ++k) {
+      T v = (mr[k] * u + b) * cv[k];
+      if (cb) v += cb[k] * u;
+      if (sr) v += sr[k];
+      yr[k] = relu ? std::max(v, T(0)) : v;
+    }
   }
 }
 
 // ---- backward reductions and the gradient write --------------------------------------
 
-// With p = g * x: rsum[r] = sum_k p * cv[k] (if ROWS), csum[k] = sum_r p * ru[r] (if COLS).
-template <typename T, bool ROWS, bool COLS>
-void reduce_gx(const T* g, const T* x, idx_t R, idx_t K, const T* ru, const T* cv, T* rsum,
-               T* csum) {
-  if (COLS) std::fill(csum, csum + K, T(0));
+// The backward's reductions over g and x, with p = g x and q = g (each output optional):
+//   rsum[r] = sum_k (p cv[k] + q cb[k]),  rsum1[r] = sum_k q cv[k],
+//   csum[k] = sum_r (p ru[r] + q rb[r]),  csum1[k] = sum_r q ru[r].
+template <typename T>
+void reduce_gx(const T* g, const T* x, idx_t R, idx_t K, const T* ru, const T* cv, const T* rb,
+               const T* cb, T* rsum, T* rsum1, T* csum, T* csum1) {
+  if constexpr (kSimd<T>) return simd::reduce_gx(g, x, R, K, ru, cv, rb, cb, rsum, rsum1, csum, csum1);
+  if (csum) std::fill(csum, csum + K, T(0));
+  if (csum1) std::fill(csum1, csum1 + K, T(0));
   for (idx_t r = 0; r < R; ++r) {
     const T* gr = g + r * K;
     const T* xr = x + r * K;
-    const T u = ru[r];
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (idx_t k = 0; k < K; ++k) {
-      const T p = gr[k] * xr[k];
-      if (ROWS) s += p * cv[k];
-      if (COLS) csum[k] += p * u;
+    T a = 0, a1 = 0;
+    if (rsum || rsum1) {
+      for (idx_t k = 0; k < K; ++k) {
+        a += gr[k] * xr[k] * cv[k] + (cb ? gr[k] * cb[k] : T(0));
+        a1 += gr[k] * cv[k];
+      }
+      if (rsum) rsum[r] = a;
+      if (rsum1) rsum1[r] = a1;
     }
-    if (ROWS) rsum[r] = s;
+    if (csum) {
+      const T u = ru[r], ub = rb ? rb[r] : T(0);
+#pragma omp simd
+      for (idx_t k = 0; k < K; ++k) csum[k] += gr[k] * xr[k] * u + gr[k] * ub;
+    }
+    if (csum1) {
+      const T u = ru[r];
+#pragma omp simd
+      for (idx_t k = 0; k < K; ++k) csum1[k] += gr[k] * u;
+    }
   }
 }
 
@@ -192,31 +244,22 @@ void reduce_gx(const T* g, const T* x, idx_t R, idx_t K, const T* ru, const T* c
 // along columns, out[j][k] = sum_r m[r,k] w[j][r].
 template <typename T>
 void wsum_rows(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const* out) {
+  if constexpr (kSimd<T>) return simd::wsum_rows(m, R, K, J, w, out);
   for (idx_t r = 0; r < R; ++r) {
     const T* mr = m + r * K;
-    T s0 = 0, s1 = 0, s2 = 0;
-    const T* w0 = w[0];
-    const T* w1 = J > 1 ? w[1] : w[0];
-    const T* w2 = J > 2 ? w[2] : w[0];
-    if (J == 1) {
-#pragma omp simd reduction(+ : s0)
-      for (idx_t k = 0; k < K; ++k) s0 += mr[k] * w0[k];
-    } else {
-#pragma omp simd reduction(+ : s0, s1, s2)
-      for (idx_t k = 0; k < K; ++k) {
-        s0 += mr[k] * w0[k];
-        s1 += mr[k] * w1[k];
-        s2 += mr[k] * w2[k];
-      }
+    for (int j = 0; j < J; ++j) {
+      const T* wj = w[j];
+      T s = 0;
+#pragma omp simd reduction(+ : s)
+      for (idx_t k = 0; k < K; ++k) s += mr[k] * wj[k];
+      out[j][r] = s;
     }
-    out[0][r] = s0;
-    if (J > 1) out[1][r] = s1;
-    if (J > 2) out[2][r] = s2;
   }
 }
 
 template <typename T>
 void wsum_cols(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const* out) {
+  if constexpr (kSimd<T>) return simd::wsum_cols(m, R, K, J, w, out);
   for (int j = 0; j < J; ++j) std::fill(out[j], out[j] + K, T(0));
   for (idx_t r = 0; r < R; ++r) {
     const T* mr = m + r * K;
@@ -229,16 +272,30 @@ void wsum_cols(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const*
   }
 }
 
-// y[r, k] = g[r, k] * U[r] * V[k] + P[r] * Q[k] + D[r] + E[k].
+// y[r, k] = g[r, k] U[r] V[k] + P[r] Q[k] + D[r] + E[k] + z[r, k] (Zr[r] or Zk[k]); the
+// last term (a folded BatchNorm's backward) only where z is given.
 template <typename T>
 void write_grad(const T* g, T* y, idx_t R, idx_t K, const T* U, const T* V, const T* P,
-                const T* Q, const T* D, const T* E) {
+                const T* Q, const T* D, const T* E, const T* z, const T* Zr, const T* Zk) {
   for (idx_t r = 0; r < R; ++r) {
     const T u = U[r], p = P[r], d = D[r];
     const T* gr = g + r * K;
     T* yr = y + r * K;
+    if (!z) {
 #pragma omp simd
-    for (idx_t k = 0; k < K; ++k) yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k]));
+      for (idx_t k = 0; k < K; ++k) yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k]));
+    } else if (Zr) {
+      const T* zr = z + r * K;
+      const T zc = Zr[r];
+#pragma omp simd
+      for (idx_t k = 0; k < K; ++k)
+        yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k])) + zr[k] * zc;
+    } else {
+      const T* zr = z + r * K;
+#pragma omp simd
+      for (idx_t k = 0; k < K; ++k)
+        yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k])) + zr[k] * Zk[k];
+    }
   }
 }
 
@@ -247,15 +304,23 @@ void write_grad(const T* g, T* y, idx_t R, idx_t K, const T* U, const T* V, cons
 // Maps are copied into zero-padded buffers of row stride Wp = W + 2 pad; a tap (ki, kj) is
 // then one flat loop over H * Wp "wide" outputs reading the buffer at offset ki Wp + kj, so
 // every inner loop is long, unclipped and vectorisable whatever W is. The Wp - W columns
-// past each row are junk and dropped (or zero, where a wide map is an input).
+// past each row are junk and dropped (or zero, where a wide map is an input). The offsets
+// of all taps are tabulated once per call (forward: both input maps; backward: the
+// flipped kernel).
 template <typename T>
 struct MapConv {
   idx_t H, W, pad, Wp, n_pad, n_wide;
   int k;
+  std::vector<idx_t> off_fwd, off_bwd;
   MapConv(idx_t H_, idx_t W_, int k_)
       : H(H_), W(W_), pad(k_ / 2), Wp(W_ + 2 * (k_ / 2)), k(k_) {
     n_pad = (H + 2 * pad) * Wp + 2 * pad;  // + slack read by the last row's junk columns
     n_wide = H * Wp;
+    for (int ci = 0; ci < 2; ++ci)
+      for (int ki = 0; ki < k; ++ki)
+        for (int kj = 0; kj < k; ++kj) off_fwd.push_back(ci * n_pad + ki * Wp + kj);
+    for (int ki = 0; ki < k; ++ki)
+      for (int kj = 0; kj < k; ++kj) off_bwd.push_back((k - 1 - ki) * Wp + (k - 1 - kj));
   }
   idx_t scratch() const { return 2 * n_pad + n_wide; }
 
@@ -267,23 +332,26 @@ struct MapConv {
   void wide_to_map(const T* wide, T* dst) const {
     for (idx_t h = 0; h < H; ++h) std::copy(wide + h * Wp, wide + h * Wp + W, dst + h * W);
   }
-  // wide += wt * padded[off ...] over the H * Wp wide outputs.
-  void tap(const T* padded, idx_t off, T wt, T* wide) const {
-    const T* src = padded + off;
+  // wide[i] = sum_t w[t] src[off[t] + i] over the H * Wp wide outputs.
+  void taps(const T* src, const idx_t* off, const T* w, int n, T* wide) const {
+    if constexpr (kSimd<T>) {
+      simd::conv_taps(src, off, w, n, wide, n_wide, false);
+    } else {
+      std::fill(wide, wide + n_wide, T(0));
+      for (int t = 0; t < n; ++t) {
+        const T* s = src + off[t];
+        const T wt = w[t];
 #pragma omp simd
-    for (idx_t i = 0; i < n_wide; ++i) wide[i] += wt * src[i];
+        for (idx_t i = 0; i < n_wide; ++i) wide[i] += wt * s[i];
+      }
+    }
   }
 
   // out (H, W) = sum_ci corr(in[ci], w[ci]); in is (2, H, W), w is (2, k, k).
   void forward(const T* in, const T* w, T* out, T* buf) const {
     T* wide = buf + 2 * n_pad;
-    std::fill(wide, wide + n_wide, T(0));
-    for (int ci = 0; ci < 2; ++ci) {
-      pad_into(in + ci * H * W, buf + ci * n_pad);
-      for (int ki = 0; ki < k; ++ki)
-        for (int kj = 0; kj < k; ++kj)
-          tap(buf + ci * n_pad, ki * Wp + kj, w[(ci * k + ki) * k + kj], wide);
-    }
+    for (int ci = 0; ci < 2; ++ci) pad_into(in + ci * H * W, buf + ci * n_pad);
+    taps(buf, off_fwd.data(), w, 2 * k * k, wide);
     wide_to_map(wide, out);
   }
   // gin (2, H, W) = input gradient of forward for output gradient gout (H, W): the
@@ -292,10 +360,7 @@ struct MapConv {
     T* wide = buf + 2 * n_pad;
     pad_into(gout, buf);
     for (int ci = 0; ci < 2; ++ci) {
-      std::fill(wide, wide + n_wide, T(0));
-      for (int ki = 0; ki < k; ++ki)
-        for (int kj = 0; kj < k; ++kj)
-          tap(buf, ki * Wp + kj, w[(ci * k + k - 1 - ki) * k + k - 1 - kj], wide);
+      taps(buf, off_bwd.data(), w + ci * k * k, k * k, wide);
       wide_to_map(wide, gin + ci * H * W);
     }
   }
@@ -308,12 +373,17 @@ struct MapConv {
       T* padded = buf + ci * n_pad;
       pad_into(in + ci * H * W, padded);
       for (int ki = 0; ki < k; ++ki) {
+        double* gwr = gw + (ci * k + ki) * k;
+        if constexpr (kSimd<T>) {
+          simd::conv_weight_row(padded + ki * Wp, k, wide, n_wide, gwr);
+          continue;
+        }
         for (int kj = 0; kj < k; ++kj) {
           const T* src = padded + ki * Wp + kj;
           T acc = 0;
 #pragma omp simd reduction(+ : acc)
           for (idx_t i = 0; i < n_wide; ++i) acc += src[i] * wide[i];
-          gw[(ci * k + ki) * k + kj] += acc;
+          gwr[kj] += acc;
         }
       }
     }

@@ -36,6 +36,14 @@ enum Arrangement : int64_t {
   kParallel = 3,
 };
 
+// The BatchNorm folded in front of the attention (the block's last BatchNorm): none, in
+// evaluation form (running statistics) or with batch statistics.
+enum HeadMode : int {
+  kHeadNone = 0,
+  kHeadRunning = 1,
+  kHeadBatch = 2,
+};
+
 // One sample as a matrix: rows are channels (NCHW) or positions (NHWC, `cl`).
 struct Slab {
   idx_t C, HW;
@@ -117,13 +125,16 @@ void for_each_sample(idx_t N, F&& body, bool reverse = false) {
   if (sh->error) std::rethrow_exception(sh->error);
 }
 
-// Pools x * cs[c] * ps[p] over positions (per-channel outputs ch_*) and/or over channels
-// (per-position outputs pos_*); pass nullptr for the set that is not wanted.
+// Pools e = x cs[c] ps[p] + chb[c] (chb: optional per-channel shift) over positions
+// (per-channel outputs ch_*) and/or over channels (per-position outputs pos_*); pass
+// nullptr for the set that is not wanted, and for index outputs nobody needs.
 template <typename T>
-void pool_sample(const Slab& S, const T* x, const T* cs, const T* ps, T* ch_sum, T* ch_max,
-                 int32_t* ch_idx, T* pos_sum, T* pos_max, int32_t* pos_idx) {
+void pool_sample(const Slab& S, const T* x, const T* cs, const T* ps, const T* chb, T* ch_sum,
+                 T* ch_max, int32_t* ch_idx, T* pos_sum, T* pos_max, int32_t* pos_idx) {
   const T* ru = S.cl ? ps : cs;
   const T* cv = S.cl ? cs : ps;
+  const T* rb = S.cl ? nullptr : chb;
+  const T* cb = S.cl ? chb : nullptr;
   T* rs = S.cl ? pos_sum : ch_sum;
   T* rm = S.cl ? pos_max : ch_max;
   int32_t* ri = S.cl ? pos_idx : ch_idx;
@@ -131,27 +142,24 @@ void pool_sample(const Slab& S, const T* x, const T* cs, const T* ps, T* ch_sum,
   T* cm = S.cl ? ch_max : pos_max;
   int32_t* ci = S.cl ? ch_idx : pos_idx;
   if (rs && cs_)
-    pool<T, true, true>(x, S.R(), S.K(), ru, cv, rs, rm, ri, cs_, cm, ci);
+    pool<T, true, true>(x, S.R(), S.K(), ru, cv, rb, cb, rs, rm, ri, cs_, cm, ci);
   else if (rs)
-    pool<T, true, false>(x, S.R(), S.K(), ru, cv, rs, rm, ri, cs_, cm, ci);
+    pool<T, true, false>(x, S.R(), S.K(), ru, cv, rb, cb, rs, rm, ri, cs_, cm, ci);
   else
-    pool<T, false, true>(x, S.R(), S.K(), ru, cv, rs, rm, ri, cs_, cm, ci);
+    pool<T, false, true>(x, S.R(), S.K(), ru, cv, rb, cb, rs, rm, ri, cs_, cm, ci);
 }
 
-// ch_out[c] = sum_p g x ps[p] and, when pos_out is given, pos_out[p] = sum_c g x cs[c].
+// With q = g and p = g x: ch_out[c] = sum_p p ps[p], ch_out1[c] = sum_p q ps[p] and
+// pos_out[p] = sum_c (p cs[c] + q chb[c]); every output and chb optional.
 template <typename T>
-void reduce_sample(const Slab& S, const T* g, const T* x, const T* cs, const T* ps, T* ch_out,
-                   T* pos_out) {
-  const T* ru = S.cl ? ps : cs;
-  const T* cv = S.cl ? cs : ps;
-  T* rs = S.cl ? pos_out : ch_out;
-  T* cs_ = S.cl ? ch_out : pos_out;
-  if (rs && cs_)
-    reduce_gx<T, true, true>(g, x, S.R(), S.K(), ru, cv, rs, cs_);
-  else if (rs)
-    reduce_gx<T, true, false>(g, x, S.R(), S.K(), ru, cv, rs, cs_);
+void reduce_sample(const Slab& S, const T* g, const T* x, const T* cs, const T* ps,
+                   const T* chb, T* ch_out, T* ch_out1, T* pos_out) {
+  if (S.cl)  // rows are positions
+    reduce_gx(g, x, S.R(), S.K(), ps, cs, static_cast<const T*>(nullptr), chb, pos_out,
+              static_cast<T*>(nullptr), ch_out, ch_out1);
   else
-    reduce_gx<T, false, true>(g, x, S.R(), S.K(), ru, cv, rs, cs_);
+    reduce_gx(g, x, S.R(), S.K(), cs, ps, chb, static_cast<const T*>(nullptr), ch_out, ch_out1,
+              pos_out, static_cast<T*>(nullptr));
 }
 
 // out[j][c] = sum_p x[c, p] w[j][p] (J position weights -> per-channel sums).
@@ -172,27 +180,78 @@ void wsum_over_ch(const Slab& S, const T* x, const T* w, T* out) {
     wsum_cols(x, S.R(), S.K(), 1, &w, &out);
 }
 
-// y[c, p] = g[c, p] Uc[c] Vp[p] + Pc[c] Qp[p] + Dc[c] + Ep[p].
+// Squared deviations from per-channel means, summed over positions.
 template <typename T>
-void write_sample(const Slab& S, const T* g, T* y, const T* Uc, const T* Vp, const T* Pc,
-                  const T* Qp, const T* Dc, const T* Ep) {
-  if (S.cl)
-    write_grad(g, y, S.R(), S.K(), Vp, Uc, Qp, Pc, Ep, Dc);
-  else
-    write_grad(g, y, S.R(), S.K(), Uc, Vp, Pc, Qp, Dc, Ep);
+void sq_dev_sample(const Slab& S, const T* x, const T* mean_c, T* out_c) {
+  sq_dev(x, S.R(), S.K(), mean_c, !S.cl, out_c);
 }
 
+// y[c, p] = g[c, p] Uc[c] Vp[p] + Pc[c] Qp[p] + Dc[c] + Ep[p] (+ z[c, p] Zc[c] if z).
 template <typename T>
-void scale_sample(const Slab& S, const T* x, T* y, const T* cs, const T* ps) {
+void write_sample(const Slab& S, const T* g, T* y, const T* Uc, const T* Vp, const T* Pc,
+                  const T* Qp, const T* Dc, const T* Ep, const T* z = nullptr,
+                  const T* Zc = nullptr) {
   if (S.cl)
-    scale(x, y, S.R(), S.K(), ps, cs);
+    write_grad(g, y, S.R(), S.K(), Vp, Uc, Qp, Pc, Ep, Dc, z, static_cast<const T*>(nullptr), Zc);
   else
-    scale(x, y, S.R(), S.K(), cs, ps);
+    write_grad(g, y, S.R(), S.K(), Uc, Vp, Pc, Qp, Dc, Ep, z, Zc, static_cast<const T*>(nullptr));
+}
+
+// y[c, p] = (x cs[c] + chb[c]) ps[p] (+ sc[c, p]), then ReLU if asked.
+template <typename T>
+void scale_sample(const Slab& S, const T* x, T* y, const T* cs, const T* ps, const T* chb,
+                  const T* sc, bool relu) {
+  if (S.cl)
+    scale(x, y, S.R(), S.K(), ps, cs, static_cast<const T*>(nullptr), chb, sc, relu);
+  else
+    scale(x, y, S.R(), S.K(), cs, ps, chb, static_cast<const T*>(nullptr), sc, relu);
+}
+
+inline bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+inline const at::Tensor* opt_or_null(const c10::optional<at::Tensor>& t) {
+  return defined(t) ? &*t : nullptr;
 }
 
 template <typename T>
 const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+  return defined(t) ? t->data_ptr<T>() : nullptr;
+}
+
+// gy[i] = g[i] where the (post-ReLU) output o[i] > 0, else 0: ReLU's backward.
+template <typename T>
+void relu_mask(const T* g, const T* o, T* gy, idx_t n) {
+#pragma omp simd
+  for (idx_t i = 0; i < n; ++i) gy[i] = o[i] > T(0) ? g[i] : T(0);
+}
+
+// Mean and variance (biased and unbiased) of G groups of n values each, from each
+// group's mean and sum of squared deviations (Chan, Golub, LeVeque), in a fixed order.
+struct Moments {
+  double mean, var, unbiased;
+};
+inline Moments combine_moments(const double* mean, const double* m2, idx_t G, idx_t n) {
+  double mu = 0;
+  for (idx_t g = 0; g < G; ++g) mu += mean[g];
+  mu /= double(G);
+  double acc = 0;
+  for (idx_t g = 0; g < G; ++g) acc += m2[g] + double(n) * (mean[g] - mu) * (mean[g] - mu);
+  const double cnt = double(G) * double(n);
+  return {mu, acc / cnt, cnt > 1 ? acc / (cnt - 1) : 0.0};
+}
+
+// One group's mean and sum of squared deviations.
+template <typename T>
+void sample_moments(const T* s, idx_t n, double* mean, double* m2) {
+  double acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (idx_t i = 0; i < n; ++i) acc += double(s[i]);
+  const double mu = acc / double(n);
+  double sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (idx_t i = 0; i < n; ++i) sq += (double(s[i]) - mu) * (double(s[i]) - mu);
+  *mean = mu;
+  *m2 = sq;
 }
 
 // Argument checks shared by forward and backward (Python only calls with valid ones).
@@ -213,6 +272,26 @@ inline void check_args(const at::Tensor& x, std::initializer_list<at::Tensor> ml
     TORCH_CHECK(conv_w->is_contiguous() && conv_w->scalar_type() == x.scalar_type() &&
                     conv_w->dim() == 4 && conv_w->size(1) == 2 && conv_w->size(-1) % 2 == 1,
                 "fused CBAM: the conv weight must be a contiguous (1, 2, k, k), k odd");
+}
+
+// Checks of the tail's tensor (shortcut or output: x's layout) and the folded BatchNorm's
+// parameters and statistics (contiguous, x's dtype, one value per channel).
+inline void check_tail_head(const at::Tensor& x, const c10::optional<at::Tensor>& tail,
+                            int64_t arrangement, int64_t head,
+                            std::initializer_list<c10::optional<at::Tensor>> head_tensors) {
+  if (defined(tail))
+    TORCH_CHECK(tail->sizes() == x.sizes() && tail->strides() == x.strides() &&
+                    tail->scalar_type() == x.scalar_type(),
+                "fused CBAM: the shortcut (and the output) must have the input's layout");
+  TORCH_CHECK(head >= kHeadNone && head <= kHeadBatch, "fused CBAM: bad BatchNorm mode");
+  TORCH_CHECK(head == kHeadNone || arrangement == kChannel || arrangement == kChannelSpatial,
+              "fused CBAM: a folded BatchNorm needs the channel-spatial or channel arrangement");
+  for (const auto& t : head_tensors)
+    if (defined(t))
+      TORCH_CHECK(t->is_contiguous() && t->scalar_type() == x.scalar_type() &&
+                      t->numel() == x.size(1),
+                  "fused CBAM: BatchNorm tensors must be contiguous, of the input's dtype and "
+                  "hold one value per channel");
 }
 
 // Shapes and parameters shared by forward and backward.
@@ -253,10 +332,11 @@ struct Setup {
 };
 
 // The spatial gate's affine map ms = sigmoid(A s + B) from the batch statistics of s
-// (N * HW values) or the running statistics: returns {A, B, mean, invstd, unbiased var}.
-// The caller updates the running statistics (so that these kernels mutate nothing).
+// (`batch`) or else the running statistics (or the conv bias, without BatchNorm): returns
+// {A, B, mean, invstd, unbiased var}. The caller updates the running statistics (so that
+// these kernels mutate nothing).
 template <typename T>
-std::vector<double> spatial_affine(const T* s, idx_t M, bool norm, bool batch_stats,
+std::vector<double> spatial_affine(bool norm, const Moments* batch,
                                    const c10::optional<at::Tensor>& conv_b,
                                    const c10::optional<at::Tensor>& bn_w,
                                    const c10::optional<at::Tensor>& bn_b,
@@ -267,14 +347,10 @@ std::vector<double> spatial_affine(const T* s, idx_t M, bool norm, bool batch_st
     return {1.0, b ? double(b[0]) : 0.0, 0.0, 1.0, 0.0};
   }
   double mean, var, unbiased = 0;
-  if (batch_stats) {
-    double acc = 0;
-    for (idx_t i = 0; i < M; ++i) acc += s[i];
-    mean = acc / double(M);
-    double sq = 0;
-    for (idx_t i = 0; i < M; ++i) sq += (s[i] - mean) * (s[i] - mean);
-    var = sq / double(M);
-    unbiased = M > 1 ? sq / double(M - 1) : 0.0;
+  if (batch) {
+    mean = batch->mean;
+    var = batch->var;
+    unbiased = batch->unbiased;
   } else {
     mean = double(rm->data_ptr<T>()[0]);
     var = double(rv->data_ptr<T>()[0]);

@@ -33,12 +33,15 @@ TORCH_LIBRARY(convattn, m) {
       "cbam_forward(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? conv_w, "
       "Tensor? conv_b, Tensor? bn_w, Tensor? bn_b, Tensor? running_mean, "
       "Tensor? running_var, int arrangement, bool use_avg, bool use_max, bool norm, "
-      "bool batch_stats, float eps) -> Tensor[]");
+      "bool batch_stats, float eps, Tensor? shortcut, bool relu, int head, Tensor? head_w, "
+      "Tensor? head_b, Tensor? head_rm, Tensor? head_rv, float head_eps, bool need_idx) "
+      "-> Tensor[]");
   m.def(
       "cbam_backward(Tensor g, Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
       "Tensor? conv_w, Tensor mc, Tensor v, Tensor idx_hw, Tensor maps, Tensor idx_c, "
       "Tensor s, Tensor stats, int arrangement, bool use_avg, bool use_max, bool norm, "
-      "bool batch_stats, bool need_gx) -> Tensor[]");
+      "bool batch_stats, bool need_gx, Tensor? out, bool relu, int head, Tensor? head_w, "
+      "Tensor? head_b, Tensor? hstats, Tensor? zsum) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(convattn, CPU, m) {

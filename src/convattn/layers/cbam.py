@@ -34,7 +34,7 @@ from torch import nn
 
 from ._checks import check_choice, check_feature_map
 from .channel import ChannelAttention
-from .fused_cbam import IMPLS, run_fused
+from .fused_cbam import IMPLS, residual_tail, run_fused
 from .spatial import SpatialAttention
 
 __all__ = ["ARRANGEMENTS", "CBAM"]
@@ -94,6 +94,16 @@ class CBAM(nn.Module):
             x = x * self.spatial.gate(x)
             return x * self.channel.gate(x)
         return x * self.channel.gate(x) * self.spatial.gate(x)  # parallel
+
+    def forward_residual(
+        self, x: torch.Tensor, shortcut: torch.Tensor, *, norm: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``relu(self(norm(x)) + shortcut)``: the tail of a residual block whose last
+        BatchNorm ``norm`` (optional) feeds this module. The fused kernels fold the
+        BatchNorm, the addition and the ReLU into the attention's passes where they apply
+        (see :mod:`convattn.layers.fused_cbam`); elsewhere this is that composition."""
+        check_feature_map(x, self.channels, "CBAM")
+        return residual_tail(self, x, shortcut, norm)
 
     def extra_repr(self) -> str:
         return f"arrangement={self.arrangement!r}, impl={self.impl!r}"

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_choice, check_feature_map, check_positive, hidden_channels
-from .fused_cbam import IMPLS, run_fused
+from .fused_cbam import IMPLS, residual_tail, run_fused
 
 __all__ = ["POOL_TYPES", "ChannelAttention", "pool_hw"]
 
@@ -103,6 +103,14 @@ class ChannelAttention(nn.Module):
             if (y := run_fused(self, x)) is not None:
                 return y
         return x * self.gate(x)
+
+    def forward_residual(
+        self, x: torch.Tensor, shortcut: torch.Tensor, *, norm: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``relu(self(norm(x)) + shortcut)``, fused where the kernels apply (see
+        :meth:`convattn.layers.CBAM.forward_residual`)."""
+        check_feature_map(x, self.channels, type(self).__name__)
+        return residual_tail(self, x, shortcut, norm)
 
     def extra_repr(self) -> str:
         return f"pool_types={self.pool_types}, impl={self.impl!r}"

@@ -1,4 +1,6 @@
-"""Fused CPU forward and backward of CBAM and of its channel gate (SE included).
+"""Fused CPU forward and backward of CBAM and of its channel gate (SE included), optionally
+with the residual block around it: the last BatchNorm before it and the residual addition
+and ReLU after it.
 
 Paper: Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module", ECCV 2018,
 https://arxiv.org/abs/1807.06521. The math is that of :mod:`convattn.layers.cbam`; only
@@ -10,17 +12,30 @@ and 1 write backward, blocked per sample so that repeated reads of a sample come
 the spatial logits). Plan of passes: ``convattn/csrc/fused_cbam.cpp``; the operators and
 their autograd formula: :mod:`convattn.layers._fused_ops`.
 
+Residual blocks (:func:`residual_tail`, the modules' ``forward_residual``) fold
+``relu(attention(bn(z)) + shortcut)`` into the same passes: the output is written once,
+the BatchNorm's output and the sum are never materialised, and backward reads the ReLU's
+mask from the saved output and writes the shortcut's gradient and the BatchNorm input's
+gradient (plain ``relu(bn(z) + shortcut)`` writes two tensors forward and two backward).
+The BatchNorm's training statistics take one more read of ``z``; its running statistics
+and ``num_batches_tracked`` are updated as ``nn.BatchNorm2d`` does.
+
 Covered: CPU float32/float64 input, contiguous or channels_last (the output keeps the
 format), pools any non-empty subset of {avg, max}, "avgmax" spatial pooling with or without
 BatchNorm, any odd kernel size, every arrangement and the channel gate alone, training and
 evaluation mode (BatchNorm running statistics and ``num_batches_tracked`` updated as
-``nn.BatchNorm2d`` does), any N, H, W. Everything else runs the eager modules.
+``nn.BatchNorm2d`` does), any N, H, W. The block's BatchNorm is folded for the
+channel-spatial arrangement and the channel gate alone, for ``nn.BatchNorm2d`` itself
+(affine or not, with or without running statistics); other normalisations (synchronised
+BatchNorm included) run eagerly before the fused attention and tail. Modules with hooks
+run eagerly. Everything else runs the eager modules.
 
 Deviations from the eager modules: max pooling sends its gradient to the first maximal
 element where ``amax`` splits it evenly between tied maxima (ties have measure zero for
-real-valued data); the gradient is not differentiable again (no double backward); sums are
-accumulated in a different order (float32 results differ from eager's at eager's own
-rounding level).
+real-valued data, except where a BatchNorm weight is exactly zero, as with
+``zero_init_last``: then every position ties and its gradient goes to the first); the
+gradient is not differentiable again (no double backward); sums are accumulated in a
+different order (float32 results differ from eager's at eager's own rounding level).
 
 Tracing, scripting, export (ONNX included) and functorch transforms run the eager
 operations. Under ``torch.compile`` the module calls the fused operator, which the compiler
@@ -35,7 +50,16 @@ from torch import nn
 
 from ._fused_ops import fused_forward, fused_ops
 
-__all__ = ["COMPILE_FUSED", "IMPLS", "fused_unsupported", "prefer_fused", "run_fused"]
+__all__ = [
+    "COMPILE_FUSED",
+    "IMPLS",
+    "fused_unsupported",
+    "has_hooks",
+    "norm_unsupported",
+    "prefer_fused",
+    "residual_tail",
+    "run_fused",
+]
 
 IMPLS = ("auto", "eager", "fused")
 #: Whether ``torch.compile`` graphs call the fused operator (else the eager operations).
@@ -118,52 +142,137 @@ def _same_kind(x: torch.Tensor, tensors: tuple[torch.Tensor | None, ...]) -> boo
     )
 
 
-def run_fused(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """``module(x)`` (a ``CBAM`` or ``ChannelAttention``, already shape-checked) with the
-    fused kernels, or ``None`` where its ``impl`` and ``x`` call for the eager path."""
-    if fused_unsupported(module, x) is not None:
-        return None
-    if module.impl == "auto" and not prefer_fused(module, x):
-        return None
-    ops = None if torch.compiler.is_compiling() else fused_ops()
-    if ops is None and not torch.compiler.is_compiling():
-        return None
-    spatial = getattr(module, "spatial", None)
-    channel = getattr(module, "channel", module)
-    pools = channel.pool_types
-    mlp = (channel.fc1.weight, channel.fc1.bias, channel.fc2.weight, channel.fc2.bias)
-    flags = ("avg" in pools, "max" in pools)
-    if spatial is None:
-        if not _same_kind(x, mlp):
-            return None
-        return fused_forward(ops, x, *mlp, *(None,) * 6, 0, *flags, False, False, 0.0)[0]
-    bn = spatial.bn
-    code = _CODES[module.arrangement]
-    # model.to(memory_format=torch.channels_last) makes this (1, 2, k, k) weight
-    # channels_last too; the kernels read it as a dense row-major array.
-    conv_w = spatial.conv.weight.contiguous()
-    if bn is None:
-        args = (*mlp, conv_w, spatial.conv.bias, None, None, None, None)
-        if not _same_kind(x, args):
-            return None
-        return fused_forward(ops, x, *args, code, *flags, False, False, 0.0)[0]
-    rm, rv = bn.running_mean, bn.running_var
-    args = (*mlp, conv_w, None, bn.weight, bn.bias, rm, rv)
-    if not _same_kind(x, args):
-        return None
-    # The running-statistics logic of nn.BatchNorm2d.forward.
+def has_hooks(*modules: nn.Module | None) -> bool:
+    """Whether these modules have hooks of their own, which the fused block tail would skip
+    (it does not call them). Global hooks (``register_module_forward_hook`` and kin) are
+    instrumentation and do not change the path: they see the block, not the modules
+    folded into it."""
+    return any(
+        m is not None
+        and bool(
+            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        )
+        for m in modules
+    )
+
+
+def norm_unsupported(module: nn.Module, norm: nn.Module, x: torch.Tensor) -> str | None:
+    """Why ``norm`` (the BatchNorm whose output ``module`` gates) cannot be folded into the
+    fused kernels for input ``x``, or ``None`` when it can."""
+    if type(norm) is not nn.BatchNorm2d:  # e.g. synchronised across processes
+        return f"{type(norm).__name__} (folded: nn.BatchNorm2d)"
+    if getattr(module, "spatial", None) is not None and module.arrangement != "channel-spatial":
+        return f"{module.arrangement} arrangement (folded: channel-spatial, channel gate)"
+    if norm.num_features != x.shape[1]:
+        return "BatchNorm channels differ from the input's"
+    tensors = (norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    if not _same_kind(x, tensors):
+        return "BatchNorm parameters or statistics of another dtype or not contiguous"
+    batch_stats = norm.training or norm.running_mean is None
+    if batch_stats and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        return "BatchNorm over one value (eager raises the error)"
+    if norm.momentum is None and torch.compiler.is_compiling():
+        return "cumulative-average BatchNorm under torch.compile"
+    return None
+
+
+def _bn_plan(bn: nn.BatchNorm2d) -> tuple[bool, float, bool]:
+    """The running-statistics logic of ``nn.BatchNorm2d.forward``: counts the batch and
+    returns (use batch statistics, update factor, update the running statistics)."""
     factor = 0.0 if bn.momentum is None else bn.momentum
     update = bn.training and bn.track_running_stats
     if update and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             factor = 1.0 / float(bn.num_batches_tracked)
-    batch_stats = bn.training or (rm is None and rv is None)
-    if batch_stats:  # the kernels read running statistics only when they use them
-        args = (*args[:-2], None, None)
-    y, batch = fused_forward(ops, x, *args, code, *flags, True, batch_stats, bn.eps)
-    if update and rm is not None:
-        with torch.no_grad():  # running = (1 - factor) running + factor batch (unbiased var)
-            rm.lerp_(batch[0], factor)
-            rv.lerp_(batch[1], factor)
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    return batch_stats, factor, update and bn.running_mean is not None
+
+
+def _update(bn: nn.BatchNorm2d, batch: torch.Tensor, factor: float) -> None:
+    with torch.no_grad():  # running = (1 - factor) running + factor batch (unbiased var)
+        bn.running_mean.lerp_(batch[0], factor)
+        bn.running_var.lerp_(batch[1], factor)
+
+
+def run_fused(
+    module: nn.Module,
+    x: torch.Tensor,
+    *,
+    shortcut: torch.Tensor | None = None,
+    relu: bool = False,
+    norm: nn.Module | None = None,
+) -> torch.Tensor | None:
+    """``module(x)`` (a ``CBAM`` or ``ChannelAttention``, already shape-checked) with the
+    fused kernels, or ``None`` where its ``impl`` and ``x`` call for the eager path.
+
+    With ``norm``, ``x`` is that BatchNorm's input and the result is
+    ``module(norm(x))``; with ``shortcut`` it is added to the attention's output, then
+    ``relu`` applies the ReLU."""
+    if fused_unsupported(module, x) is not None:
+        return None
+    if module.impl == "auto" and not prefer_fused(module, x):
+        return None
+    compiling = torch.compiler.is_compiling()
+    ops = None if compiling else fused_ops()
+    if ops is None and not compiling:
+        return None
+    if shortcut is not None:
+        if shortcut.shape != x.shape or shortcut.dtype != x.dtype or shortcut.device != x.device:
+            return None
+        if shortcut.stride() != x.stride():  # the kernels want x's strides exactly
+            shortcut = torch.empty_like(x).copy_(shortcut)
+    if norm is not None and norm_unsupported(module, norm, x) is not None:
+        x, norm = norm(x), None  # the BatchNorm runs eagerly, the rest fused
+    spatial = getattr(module, "spatial", None)
+    channel = getattr(module, "channel", module)
+    pools = channel.pool_types
+    mlp = (channel.fc1.weight, channel.fc1.bias, channel.fc2.weight, channel.fc2.bias)
+    flags = ("avg" in pools, "max" in pools)
+    bn = None if spatial is None else spatial.bn
+    if spatial is None:
+        gate = (*mlp, *(None,) * 6, 0, *flags, False, False, 0.0)
+    else:
+        # model.to(memory_format=torch.channels_last) makes this (1, 2, k, k) weight
+        # channels_last too; the kernels read it as a dense row-major array.
+        conv_w = spatial.conv.weight.contiguous()
+        if bn is None:
+            sp = (conv_w, spatial.conv.bias, None, None, None, None)
+        else:
+            sp = (conv_w, None, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        gate = (*mlp, *sp, _CODES[module.arrangement], *flags, bn is not None, False, 0.0)
+    if not _same_kind(x, gate[:10]):
+        return None
+    tensors = [x, *gate[:10], shortcut]
+    if norm is not None:
+        tensors += [norm.weight, norm.bias]
+    need_idx = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    # From here on the call happens: BatchNorm bookkeeping as nn.BatchNorm2d's.
+    if bn is not None:
+        batch_stats, factor, update = _bn_plan(bn)
+        rs = (None, None) if batch_stats else gate[8:10]  # read only when used
+        gate = (*gate[:8], *rs, gate[10], *flags, True, batch_stats, bn.eps)
+    head: tuple = (0, None, None, None, None, 0.0)
+    if norm is not None:
+        h_batch, h_factor, h_update = _bn_plan(norm)
+        rs = (None, None) if h_batch else (norm.running_mean, norm.running_var)
+        head = (2 if h_batch else 1, norm.weight, norm.bias, *rs, norm.eps)
+    y, batch, hbatch = fused_forward(ops, x, *gate, shortcut, relu, *head, need_idx)
+    if bn is not None and update:
+        _update(bn, batch, factor)
+    if norm is not None and h_update:
+        _update(norm, hbatch, h_factor)
     return y
+
+
+def residual_tail(
+    module: nn.Module, x: torch.Tensor, shortcut: torch.Tensor, norm: nn.Module | None = None
+) -> torch.Tensor:
+    """``relu(module(norm(x)) + shortcut)``, the tail of a residual block, fused where the
+    kernels apply (see the module docstring) and composed of the eager calls elsewhere."""
+    if module.impl != "eager" and not has_hooks(module, norm):
+        y = run_fused(module, x, shortcut=shortcut, relu=True, norm=norm)
+        if y is not None:
+            return y
+    out = module(x if norm is None else norm(x))
+    return torch.relu_(out + shortcut)

@@ -19,11 +19,13 @@ from torch import nn
 
 from ..layers import SelectiveKernel, SplitAttentionConv, create_attention
 from ..layers.factory import AttnLayer
+from ..layers.fused_cbam import has_hooks
 
 __all__ = [
     "BasicBlock",
     "Bottleneck",
     "PadShortcut",
+    "ResidualBlock",
     "SKBottleneck",
     "SplitBottleneck",
     "make_shortcut",
@@ -72,10 +74,20 @@ def _attention(attn_layer: AttnLayer, channels: int, attn_kwargs: dict[str, Any]
     return create_attention(attn_layer, channels, **(attn_kwargs or {})) or nn.Identity()
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions; attention on ``planes`` channels after ``bn2``."""
+class ResidualBlock(nn.Module):
+    """What :class:`BasicBlock` and :class:`Bottleneck` share: the constructor's signature,
+    the attention on the output of the last BatchNorm, the shortcut, and the tail
+    ``relu(attn(last_bn(out)) + shortcut)``. Subclasses build their layers in ``_build``
+    and compute the last convolution's output in ``_body``.
+
+    Attention modules with a ``forward_residual`` method (CBAM, channel attention, SE)
+    compute the tail themselves, with their fused kernels folding the last BatchNorm, the
+    addition and the ReLU into the attention's passes (see
+    :mod:`convattn.layers.fused_cbam`); the modules and their state-dict keys are the same.
+    """
 
     expansion = 1
+    relu: nn.ReLU
 
     def __init__(
         self,
@@ -92,6 +104,57 @@ class BasicBlock(nn.Module):
         stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
+        self._build(inplanes, planes, stride, groups, base_width, is_first, stride_in_1x1)
+        self.attn = _attention(attn_layer, planes * self.expansion, attn_kwargs)
+        self.downsample = downsample
+
+    def _build(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        groups: int,
+        base_width: int,
+        is_first: bool,
+        stride_in_1x1: bool,
+    ) -> None:
+        raise NotImplementedError
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolution's output (before ``last_bn``)."""
+        raise NotImplementedError
+
+    @property
+    def last_bn(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _tail(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``relu(attn(last_bn(out)) + shortcut)``."""
+        fused = getattr(self.attn, "forward_residual", None)
+        if fused is not None and not has_hooks(self.relu):
+            return fused(out, shortcut, norm=self.last_bn)
+        return self.relu(self.attn(self.last_bn(out)) + shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self._tail(self._body(x), shortcut)
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convolutions; attention on ``planes`` channels after ``bn2``."""
+
+    expansion = 1
+
+    def _build(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int,
+        groups: int,
+        base_width: int,
+        is_first: bool,
+        stride_in_1x1: bool,
+    ) -> None:
         if groups != 1 or base_width != 64 or stride_in_1x1:
             raise ValueError(
                 "BasicBlock supports only groups=1, base_width=64 and stride_in_1x1=False"
@@ -101,21 +164,16 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.attn = _attention(attn_layer, planes, attn_kwargs)
-        self.downsample = downsample
 
     @property
-    def last_bn(self) -> nn.BatchNorm2d:
+    def last_bn(self) -> nn.Module:
         return self.bn2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.attn(self.bn2(self.conv2(out)))
-        return self.relu(out + shortcut)
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.bn1(self.conv1(x))))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand; attention on ``4 * planes``
     channels after ``bn3``. Subclasses swap the 3x3 stage via ``_build_mid``/``_mid``.
 
@@ -127,32 +185,24 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(
+    def _build(
         self,
         inplanes: int,
         planes: int,
-        *,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        groups: int = 1,
-        base_width: int = 64,
-        attn_layer: AttnLayer = None,
-        attn_kwargs: dict[str, Any] | None = None,
-        is_first: bool = False,
-        stride_in_1x1: bool = False,
+        stride: int,
+        groups: int,
+        base_width: int,
+        is_first: bool,
+        stride_in_1x1: bool,
     ) -> None:
-        super().__init__()
         width = int(planes * base_width / 64) * groups
-        out = planes * self.expansion
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(inplanes, width, s1)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self._build_mid(width, s3, groups, is_first)
-        self.conv3 = conv1x1(width, out)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.attn = _attention(attn_layer, out, attn_kwargs)
-        self.downsample = downsample
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
 
     def _build_mid(self, width: int, stride: int, groups: int, is_first: bool) -> None:
         self.conv2 = conv3x3(width, width, stride, groups)
@@ -162,14 +212,11 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn2(self.conv2(x)))
 
     @property
-    def last_bn(self) -> nn.BatchNorm2d:
+    def last_bn(self) -> nn.Module:
         return self.bn3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self._mid(self.relu(self.bn1(self.conv1(x))))
-        out = self.attn(self.bn3(self.conv3(out)))
-        return self.relu(out + shortcut)
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self._mid(self.relu(self.bn1(self.conv1(x)))))
 
 
 class SKBottleneck(Bottleneck):

@@ -1,0 +1,237 @@
+"""Residual blocks with the fused block tail (the last BatchNorm, the attention, the residual
+addition and the ReLU in the fused kernels) against the same blocks run eagerly: outputs,
+the gradients of the input (and through it the shortcut) and of every parameter, BatchNorm
+running statistics and ``num_batches_tracked``; which parts were folded is checked on the
+operator's arguments, so a test cannot pass by running eager twice."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import reference as ref
+from convattn import _jit
+from convattn.layers import _fused_ops
+from convattn.models.blocks import BasicBlock, Bottleneck, make_shortcut
+from test_fused_cbam import _close, _x
+
+CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True)
+def calls(monkeypatch):
+    """Records (head mode, has shortcut, relu) of every fused forward and counts backwards."""
+    ops = _fused_ops.fused_ops()
+    if ops is None:
+        pytest.skip("fused extension unavailable")
+    seen = {"forward": [], "backward": 0}
+
+    def forward(*args):
+        seen["forward"].append((args[19], args[17] is not None, args[18]))
+        return ops.forward(*args)
+
+    def backward(*args):
+        seen["backward"] += 1
+        return ops.backward(*args)
+
+    monkeypatch.setattr(_fused_ops, "load_fused", lambda: _jit.FusedOps(forward, backward))
+    return seen
+
+
+def _block(kind, cin, planes, stride, attn, shortcut="conv", **attn_kwargs):
+    cls = BasicBlock if kind == "basic" else Bottleneck
+    cout = planes * cls.expansion
+    down = make_shortcut(shortcut, cin, cout, stride)
+    kw = {"reduction": 4, **attn_kwargs}
+    return cls(cin, planes, stride=stride, downsample=down, attn_layer=attn, attn_kwargs=kw)
+
+
+def _pair(block, dtype, train, seed=0):
+    """(eager, fused) copies with identical random weights and statistics."""
+    eager = ref.randomize_(block, seed).to(dtype).train(train)
+    for m in eager.modules():
+        if hasattr(m, "impl"):
+            m.impl = "eager"
+    fused = copy.deepcopy(eager)
+    for m in fused.modules():
+        if hasattr(m, "impl"):
+            m.impl = "fused"
+    return eager, fused
+
+
+def _run(m, x, g):
+    x = x.detach().clone().requires_grad_()
+    y = m(x)
+    y.backward(g)
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    return y, x.grad, grads, {n: b.clone() for n, b in m.named_buffers()}
+
+
+def _compare(eager, fused, x):
+    fmt = torch.contiguous_format if x.is_contiguous() else CL
+    if fmt is CL:
+        eager, fused = eager.to(memory_format=CL), fused.to(memory_format=CL)
+    want = _run(copy.deepcopy(eager), x, g := _y_grad(eager, x, fmt))
+    truth = want
+    if x.dtype != torch.float64:
+        truth = _run(copy.deepcopy(eager).double(), x.double(), g.double())
+    got = _run(fused, x, g)
+    assert got[0].stride() == want[0].stride()  # same memory format
+    _close(got[0], want[0], truth[0], "output")
+    _close(got[1], want[1], truth[1], "input gradient")
+    for name, w in want[2].items():
+        assert got[2][name] is not None, name
+        _close(got[2][name], w, truth[2][name], f"{name} gradient")
+    for name, w in want[3].items():
+        _close(got[3][name], w, truth[3][name], name)
+
+
+def _y_grad(block, x, fmt):
+    with torch.no_grad():
+        shape = copy.deepcopy(block).eval()(x).shape
+    return _x(*shape, dtype=x.dtype, seed=7, fmt=fmt)
+
+
+ATTNS = {
+    "cbam": ("cbam", {}),
+    "cbam-bias": ("cbam", {"spatial_norm": False}),
+    "se": ("se", {}),
+    "channel-max": ("channel", {"pool_types": ("max",)}),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+@pytest.mark.parametrize("attn", list(ATTNS))
+def test_block_matches_eager(attn, kind, train, fmt, dtype, calls):
+    name, kw = ATTNS[attn]
+    block = _block(kind, 16, 8 if kind == "basic" else 4, 1, name, **kw)
+    _compare(*_pair(block, dtype, train), _x(3, 16, 5, 4, dtype=dtype, fmt=fmt))
+    assert (2 if train else 1, True, True) in calls["forward"]  # BatchNorm folded, tail fused
+    assert calls["backward"] >= 1
+
+
+@pytest.mark.parametrize("shortcut", ["conv", "pad"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+def test_strided_block_with_projection_shortcut(kind, fmt, shortcut, calls):
+    planes = 8 if kind == "basic" else 4
+    block = _block(kind, 8, planes, 2, "cbam", shortcut=shortcut)
+    _compare(*_pair(block, torch.float32, True), _x(3, 8, 7, 6, dtype=torch.float32, fmt=fmt))
+    assert (2, True, True) in calls["forward"]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", [(4, 16, 1, 1), (1, 16, 1, 3), (2, 16, 2, 2)])
+@pytest.mark.parametrize("attn", ["cbam", "se"])
+def test_small_maps(attn, shape, train, calls):
+    name, kw = ATTNS[attn]
+    block = _block("basic", 16, 16, 1, name, **kw)
+    for fmt in (torch.contiguous_format, CL):
+        _compare(*_pair(block, torch.float64, train), _x(*shape, fmt=fmt))
+
+
+@pytest.mark.parametrize("arrangement", ["spatial-channel", "parallel"])
+def test_other_arrangements_fuse_the_tail_after_an_eager_batchnorm(arrangement, calls):
+    block = _block("basic", 16, 16, 1, "cbam", arrangement=arrangement)
+    _compare(*_pair(block, torch.float64, True), _x(3, 16, 5, 5))
+    assert calls["forward"] == [(0, True, True)]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("variant", ["cumulative", "no-affine", "no-running-stats", "momentum-0.5"])
+def test_batchnorm_variants(variant, train, calls):
+    block = _block("basic", 16, 16, 1, "cbam")
+    eager, fused = _pair(block, torch.float64, train)
+    for b in (eager, fused):
+        bn = nn.BatchNorm2d(16, momentum=0.5 if variant == "momentum-0.5" else 0.1)
+        if variant == "cumulative":
+            bn.momentum = None
+        if variant == "no-affine":
+            bn = nn.BatchNorm2d(16, affine=False)
+        if variant == "no-running-stats":
+            bn = nn.BatchNorm2d(16, track_running_stats=False)
+        with torch.no_grad():
+            if bn.running_mean is not None:
+                bn.running_mean.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(1))
+        b.bn2 = bn.double().train(train)
+    _compare(eager, fused, _x(3, 16, 5, 4))
+    batch_stats = train or variant == "no-running-stats"
+    assert calls["forward"] == [(2 if batch_stats else 1, True, True)]
+
+
+def test_running_statistics_over_steps(calls):
+    eager, fused = _pair(_block("basic", 16, 16, 1, "cbam"), torch.float32, True)
+    for step in range(3):
+        x = _x(4, 16, 5, 5, dtype=torch.float32, seed=step)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), eager(x))
+    for name, b in eager.named_buffers():
+        torch.testing.assert_close(dict(fused.named_buffers())[name], b, msg=name)
+    assert fused.bn2.num_batches_tracked.item() == 3
+    assert [h for h, _, _ in calls["forward"]] == [2, 2, 2]
+
+
+def test_hooks_keep_the_eager_modules(calls):
+    block = _block("basic", 16, 16, 1, "cbam")
+    eager, fused = _pair(block, torch.float64, False)
+    seen = []
+    fused.bn2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = _x(2, 16, 4, 4)
+    torch.testing.assert_close(fused(x), eager(x))
+    assert seen == [x.shape]  # the BatchNorm ran as a module
+    assert all(head == 0 for head, _, _ in calls["forward"])
+
+
+def test_synchronised_batchnorm_runs_eagerly_before_the_fused_tail(calls):
+    from convattn.engine.sync_bn import convert_sync_batchnorm
+
+    eager, fused = _pair(_block("basic", 16, 16, 1, "cbam"), torch.float64, True)
+    for m in (eager, fused):  # the block's BatchNorm synchronised, the gate's left alone
+        m.bn2 = convert_sync_batchnorm(m.bn2, torch.device("cpu")).double()
+    _compare(eager, fused, _x(3, 16, 5, 4))
+    assert calls["forward"] == [(0, True, True)]
+
+
+def test_inference_without_grad_skips_the_indices(calls):
+    eager, fused = _pair(_block("bottleneck", 16, 4, 1, "cbam"), torch.float32, False)
+    x = _x(2, 16, 5, 5, dtype=torch.float32, fmt=CL)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), eager(x))
+    assert calls["forward"] == [(1, True, True)] and calls["backward"] == 0
+
+
+def test_compiled_block_calls_the_fused_operator_and_matches_eager():
+    eager, fused = _pair(_block("basic", 16, 16, 1, "cbam"), torch.float32, True)
+    for m in fused.modules():
+        if hasattr(m, "impl"):
+            m.impl = "auto"
+    targets = []
+
+    def record(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes)
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    compiled = torch.compile(fused, backend=record, fullgraph=True)
+    x = _x(2, 16, 6, 5, dtype=torch.float32, fmt=CL)
+    g = _x(2, 16, 6, 5, dtype=torch.float32, seed=3)
+    got, want = _run(compiled, x, g), _run(eager, x, g)
+    assert "convattn.cbam_forward.default" in targets
+    for a, b in zip(got[:2], want[:2], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    got_state = {k.removeprefix("_orig_mod."): v for k, v in {**got[2], **got[3]}.items()}
+    for name, w in {**want[2], **want[3]}.items():
+        torch.testing.assert_close(got_state[name], w, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_traced_block_records_eager_operations(calls):
+    _, fused = _pair(_block("basic", 16, 16, 1, "cbam"), torch.float32, False)
+    x = _x(2, 16, 5, 5, dtype=torch.float32)
+    traced = torch.jit.trace(fused, (x,), check_trace=False)
+    assert calls["forward"] == []
+    torch.testing.assert_close(traced(x), fused(x))
