@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from convattn.bench import saved_bytes
 from convattn.models import create_model
 
 
@@ -71,6 +72,19 @@ def make_step(
     return infer
 
 
+def saved_memory(
+    arch: str, timm_too: bool, x: torch.Tensor, skip: list[str], fmt: torch.memory_format
+) -> dict[str, int]:
+    """Bytes autograd keeps for backward in one training forward of each candidate (the
+    parameters included, as autograd saves them for the weight gradients)."""
+    out = {}
+    for name, build in candidates(arch, timm_too).items():
+        if name not in skip:
+            torch.manual_seed(0)
+            out[name] = saved_bytes(build().to(memory_format=fmt).train(), x)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,10 +95,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
-    ap.add_argument("--phases", nargs="+", default=["train", "infer"])
+    ap.add_argument("--phases", nargs="*", default=["train", "infer"])
     ap.add_argument("--skip", nargs="*", default=[], help="candidate names to leave out")
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--memory", action="store_true", help="also: bytes saved for backward")
     ap.add_argument("--out", default="benchmarks/results/bench_models.json")
     args = ap.parse_args()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -114,6 +129,7 @@ def main() -> None:
                 med = statistics.median(ts)
                 rows.append({"mode": mode, "phase": phase, "model": name, "median_s": med,
                              "ratio": med / base, "times_s": ts})  # fmt: skip
+    memory = saved_memory(args.arch, timm_too, x, args.skip, fmt) if args.memory else {}
     cpu = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; batch "
           f"{args.batch}, {args.size} px, channels_last {args.channels_last}, "
@@ -123,9 +139,14 @@ def main() -> None:
     for r in rows:
         print(f"| {r['mode']} | {r['phase']} | {r['model']} | {1e3 * r['median_s']:.0f} | "
               f"{r['ratio']:.2f}x |")  # fmt: skip
+    if memory:
+        print("\n| model | saved for backward (MiB) | vs plain |\n| --- | ---: | ---: |")
+        for name, b in memory.items():
+            print(f"| {name} | {b / 2**20:.0f} | {b / memory[args.arch]:.3f}x |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    result = {"args": vars(args), "rows": rows, "saved_bytes": memory}
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -229,6 +229,31 @@ def test_compiled_block_calls_the_fused_operator_and_matches_eager():
         torch.testing.assert_close(got_state[name], w, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_compiled_inference_records_the_eager_operations():
+    """Without gradients, "auto" leaves the attention to the compiler (it fuses the eager
+    operations with the BatchNorm, addition and ReLU around them); an explicit "fused"
+    still calls the operator."""
+    eager, fused = _pair(_block("basic", 16, 16, 1, "cbam"), torch.float32, False)
+    x = _x(2, 16, 6, 5, dtype=torch.float32, fmt=CL)
+    for impl, expect_op in (("auto", False), ("fused", True)):
+        for m in fused.modules():
+            if hasattr(m, "impl"):
+                m.impl = impl
+        targets: list[str] = []
+
+        def record(gm, example_inputs, targets=targets):
+            targets.extend(str(node.target) for node in gm.graph.nodes)
+            return gm.forward
+
+        torch._dynamo.reset()
+        compiled = torch.compile(fused, backend=record, fullgraph=True)
+        with torch.no_grad():
+            got = compiled(x)
+            want = eager(x)
+        assert ("convattn.cbam_forward.default" in targets) == expect_op, impl
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_traced_block_records_eager_operations(calls):
     _, fused = _pair(_block("basic", 16, 16, 1, "cbam"), torch.float32, False)
     x = _x(2, 16, 5, 5, dtype=torch.float32)
