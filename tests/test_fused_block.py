@@ -7,6 +7,10 @@ operator's arguments, so a test cannot pass by running eager twice."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,18 @@ from convattn.models.blocks import BasicBlock, Bottleneck, make_shortcut
 from test_fused_cbam import _close, _x
 
 CL = torch.channels_last
+
+
+_TESTS = Path(__file__).resolve().parent
+_PYTHONPATH = os.pathsep.join([str(_TESTS), os.environ.get("PYTHONPATH", "")])
+# The same comparison in a fresh interpreter (CONVATTN_INTEROP_POOL is read once).
+_SUBPROCESS = """
+import torch, test_fused_block as t
+torch.set_num_threads({threads})
+for train in (True, False):
+    eager, fused = t._pair(t._block("basic", 16, 16, 1, "cbam"), torch.float64, train)
+    t._compare(eager, fused, t._x(7, 16, 5, 6, fmt=t.CL))
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -114,6 +130,29 @@ def test_block_matches_eager(attn, kind, train, fmt, dtype, calls):
     _compare(*_pair(block, dtype, train), _x(3, 16, 5, 4, dtype=dtype, fmt=fmt))
     assert (2 if train else 1, True, True) in calls["forward"]  # BatchNorm folded, tail fused
     assert calls["backward"] >= 1
+
+
+@pytest.mark.parametrize("pool", ["intra-op", "inter-op"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_sample_loops_on_several_threads(threads, pool, monkeypatch, calls):
+    """The suite runs one thread per process; here the per-sample loops are shared out (7
+    samples over 2 or 3 workers, uneven) on either thread pool, and still match eager."""
+    if pool == "inter-op":  # read once per process: only a fresh one sees it
+        subprocess.run(
+            [sys.executable, "-c", _SUBPROCESS.format(threads=threads)],
+            check=True,
+            env={**os.environ, "CONVATTN_INTEROP_POOL": "1", "PYTHONPATH": _PYTHONPATH},
+        )
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for train in (True, False):
+            eager, fused = _pair(_block("basic", 16, 16, 1, "cbam"), torch.float64, train)
+            _compare(eager, fused, _x(7, 16, 5, 6, fmt=CL))
+    finally:
+        torch.set_num_threads(before)
+    assert calls["backward"] == 2
 
 
 @pytest.mark.parametrize("shortcut", ["conv", "pad"])

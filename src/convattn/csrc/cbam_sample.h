@@ -15,6 +15,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -75,16 +76,40 @@ inline at::Tensor empty_output_like(const at::Tensor& x) {
   return y;
 }
 
-// body(n, worker) for every sample, workers taking the next free sample. The calling
-// thread is worker 0 and starts at once; helpers (tasks on ATen's inter-op pool, which sleep
-// when idle) join when they get a core, and the caller never waits for one that has not
-// started: on cores shared with other processes a descheduled helper costs at most the
-// sample it holds, where an OpenMP team would wait at its barrier for every member. A loop
-// that follows another one over the same samples runs `reverse`d: its first samples are
-// the ones the previous loop left in the last-level cache.
+// Whether the sample loops run on ATen's inter-op pool instead of the intra-op (OpenMP)
+// team: CONVATTN_INTEROP_POOL=1, read once.
+inline bool use_interop_pool() {
+  static const bool on = [] {
+    const char* v = std::getenv("CONVATTN_INTEROP_POOL");
+    return v != nullptr && v[0] == '1';
+  }();
+  return on;
+}
+
+// body(n, worker) for every sample, workers taking the next free sample (an atomic counter,
+// so uneven samples balance). A loop that follows another one over the same samples runs
+// `reverse`d: its first samples are the ones the previous loop left in the last-level cache.
+//
+// By default the workers are ATen's intra-op team (at::parallel_for, one worker per
+// thread): inside a network these are the threads the convolutions and BatchNorms just
+// used, still spinning and ready, so the loop starts on every core at once. (Tasks on the
+// inter-op pool, the other choice, measured 4% slower per CIFAR ResNet-20 training step:
+// they wait for the intra-op team's spinning threads to give up the cores.) With
+// CONVATTN_INTEROP_POOL=1 the calling thread is worker 0 and starts at once, and helpers on
+// the inter-op pool join when they get a core; the caller never waits for one that has not
+// started, so on cores shared with other processes a descheduled helper costs at most the
+// sample it holds, where the intra-op team waits at its barrier for every member.
 template <typename F>
 void for_each_sample(idx_t N, F&& body, bool reverse = false) {
   const idx_t nw = num_workers(N);
+  if (nw > 1 && !at::in_parallel_region() && !use_interop_pool()) {
+    std::atomic<idx_t> next{0};
+    at::parallel_for(0, nw, 1, [&](idx_t b, idx_t e) {
+      for (idx_t wk = b; wk < e; ++wk)
+        for (idx_t i = next++; i < N; i = next++) body(reverse ? N - 1 - i : i, wk);
+    });
+    return;
+  }
   struct Shared {
     std::atomic<idx_t> next{0};
     std::mutex m;
