@@ -92,9 +92,10 @@ inline bool use_interop_pool() {
 //
 // By default the workers are ATen's intra-op team (at::parallel_for, one worker per
 // thread): inside a network these are the threads the convolutions and BatchNorms just
-// used, still spinning and ready, so the loop starts on every core at once. (Tasks on the
-// inter-op pool, the other choice, measured 4% slower per CIFAR ResNet-20 training step:
-// they wait for the intra-op team's spinning threads to give up the cores.) With
+// used, still spinning and ready, so the loop starts on every core at once. (With tasks on
+// the inter-op pool, the other choice, a CIFAR ResNet-20 + CBAM training step measured 1.33x
+// the plain network's instead of 1.10x: they wait for the intra-op team's spinning threads
+// to give up the cores; see BENCHMARKS.md.) With
 // CONVATTN_INTEROP_POOL=1 the calling thread is worker 0 and starts at once, and helpers on
 // the inter-op pool join when they get a core; the caller never waits for one that has not
 // started, so on cores shared with other processes a descheduled helper costs at most the

@@ -134,7 +134,7 @@ def prefer_fused(module: nn.Module, x: torch.Tensor) -> bool:
     Under ``torch.compile`` with gradients off (inference), "auto" records the eager
     operations: the compiler fuses them with their neighbours (the block's BatchNorm, the
     addition and the ReLU), which measured faster than the opaque fused operator there
-    (ResNet-50, batch 16: 1.05x against 1.14x the plain network; see BENCHMARKS.md).
+    (ResNet-50, batch 16: 1.05x against 1.18x the plain network; see BENCHMARKS.md).
     """
     if torch.compiler.is_compiling() and not torch.is_grad_enabled():
         return False
