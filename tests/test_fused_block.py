@@ -20,7 +20,7 @@ import reference as ref
 from convattn import _jit
 from convattn.layers import _fused_ops
 from convattn.models.blocks import BasicBlock, Bottleneck, make_shortcut
-from test_fused_cbam import _close, _x
+from test_fused_cbam import _close, _x, compile_recording
 
 CL = torch.channels_last
 
@@ -250,13 +250,7 @@ def test_compiled_block_calls_the_fused_operator_and_matches_eager():
     for m in fused.modules():
         if hasattr(m, "impl"):
             m.impl = "auto"
-    targets = []
-
-    def record(gm, example_inputs):
-        targets.extend(str(node.target) for node in gm.graph.nodes)
-        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
-
-    compiled = torch.compile(fused, backend=record, fullgraph=True)
+    compiled, targets = compile_recording(fused)
     x = _x(2, 16, 6, 5, dtype=torch.float32, fmt=CL)
     g = _x(2, 16, 6, 5, dtype=torch.float32, seed=3)
     got, want = _run(compiled, x, g), _run(eager, x, g)
@@ -278,14 +272,8 @@ def test_compiled_inference_records_the_eager_operations():
         for m in fused.modules():
             if hasattr(m, "impl"):
                 m.impl = impl
-        targets: list[str] = []
-
-        def record(gm, example_inputs, targets=targets):
-            targets.extend(str(node.target) for node in gm.graph.nodes)
-            return gm.forward
-
         torch._dynamo.reset()
-        compiled = torch.compile(fused, backend=record, fullgraph=True)
+        compiled, targets = compile_recording(fused)
         with torch.no_grad():
             got = compiled(x)
             want = eager(x)

@@ -308,17 +308,23 @@ def test_auto_exports_to_onnx_and_traces(tmp_path, calls):
     assert calls["forward"] == 1  # and the module itself runs fused again
 
 
-@pytest.mark.parametrize("arrangement", ["channel-spatial", "channel-only"])
-def test_compiled_graph_calls_the_fused_operator_and_matches_eager(arrangement):
-    eager, fused = _pair(16, arrangement, torch.float32, reduction=4)
-    fused.impl = "auto"
-    targets = []
+def compile_recording(module: torch.nn.Module) -> tuple[torch.nn.Module, list[str]]:
+    """``torch.compile(module)`` with a backend that records its graphs' call targets (in
+    the returned list, filled when the compiled module first runs)."""
+    targets: list[str] = []
 
     def record(gm, example_inputs):
         targets.extend(str(node.target) for node in gm.graph.nodes)
         return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
 
-    compiled = torch.compile(fused, backend=record, fullgraph=True)
+    return torch.compile(module, backend=record, fullgraph=True), targets
+
+
+@pytest.mark.parametrize("arrangement", ["channel-spatial", "channel-only"])
+def test_compiled_graph_calls_the_fused_operator_and_matches_eager(arrangement):
+    eager, fused = _pair(16, arrangement, torch.float32, reduction=4)
+    fused.impl = "auto"
+    compiled, targets = compile_recording(fused)
     x = _x(2, 16, 6, 5, dtype=torch.float32, fmt=CL)
     g = _x(2, 16, 6, 5, dtype=torch.float32, seed=3)
     got, want = _run(compiled, x, g), _run(eager, x, g)
