@@ -287,3 +287,31 @@ def test_traced_block_records_eager_operations(calls):
     traced = torch.jit.trace(fused, (x,), check_trace=False)
     assert calls["forward"] == []
     torch.testing.assert_close(traced(x), fused(x))
+
+
+def test_training_steps_of_a_network_match_eager_in_float64(calls):
+    """Whole-network check: SGD steps of cifar_resnet20_cbam with the fused blocks follow
+    the eager ones to float64 rounding (weights, and the BatchNorm running statistics)."""
+    from convattn.models import create_model
+
+    torch.manual_seed(0)
+    eager = create_model("cifar_resnet20_cbam", num_classes=10).double()
+    eager = eager.to(memory_format=CL)
+    fused = copy.deepcopy(eager)
+    for model, impl in ((eager, "eager"), (fused, "fused")):
+        for m in model.modules():
+            if hasattr(m, "impl"):
+                m.impl = impl
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (eager, fused)]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(4, 3, 32, 32, generator=gen, dtype=torch.float64).to(memory_format=CL)
+        y = torch.randint(0, 10, (4,), generator=gen)
+        for model, opt in zip((eager, fused), opts, strict=True):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert calls["backward"] == 3 * 9  # every block's tail ran fused
+    want, got = eager.state_dict(), fused.state_dict()
+    for name, w in want.items():
+        torch.testing.assert_close(got[name], w, atol=1e-12, rtol=1e-10, msg=name)
