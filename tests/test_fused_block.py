@@ -20,7 +20,7 @@ import reference as ref
 from convattn import _jit
 from convattn.layers import _fused_ops
 from convattn.models.blocks import BasicBlock, Bottleneck, make_shortcut
-from test_fused_cbam import _close, _x, compile_recording
+from test_fused_cbam import _close, _run, _x, compile_recording
 
 CL = torch.channels_last
 
@@ -67,23 +67,16 @@ def _block(kind, cin, planes, stride, attn, shortcut="conv", **attn_kwargs):
 
 def _pair(block, dtype, train, seed=0):
     """(eager, fused) copies with identical random weights and statistics."""
-    eager = ref.randomize_(block, seed).to(dtype).train(train)
-    for m in eager.modules():
-        if hasattr(m, "impl"):
-            m.impl = "eager"
-    fused = copy.deepcopy(eager)
-    for m in fused.modules():
-        if hasattr(m, "impl"):
-            m.impl = "fused"
-    return eager, fused
+    eager = _set_impl(ref.randomize_(block, seed).to(dtype).train(train), "eager")
+    return eager, _set_impl(copy.deepcopy(eager), "fused")
 
 
-def _run(m, x, g):
-    x = x.detach().clone().requires_grad_()
-    y = m(x)
-    y.backward(g)
-    grads = {n: p.grad for n, p in m.named_parameters()}
-    return y, x.grad, grads, {n: b.clone() for n, b in m.named_buffers()}
+def _set_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Sets ``impl`` on every attention module of ``model`` (returned)."""
+    for m in model.modules():
+        if hasattr(m, "impl"):
+            m.impl = impl
+    return model
 
 
 def _compare(eager, fused, x):
@@ -247,9 +240,7 @@ def test_inference_without_grad_skips_the_indices(calls):
 
 def test_compiled_block_calls_the_fused_operator_and_matches_eager():
     eager, fused = _pair(_block("basic", 16, 16, 1, "cbam"), torch.float32, True)
-    for m in fused.modules():
-        if hasattr(m, "impl"):
-            m.impl = "auto"
+    _set_impl(fused, "auto")
     compiled, targets = compile_recording(fused)
     x = _x(2, 16, 6, 5, dtype=torch.float32, fmt=CL)
     g = _x(2, 16, 6, 5, dtype=torch.float32, seed=3)
@@ -269,9 +260,7 @@ def test_compiled_inference_records_the_eager_operations():
     eager, fused = _pair(_block("basic", 16, 16, 1, "cbam"), torch.float32, False)
     x = _x(2, 16, 6, 5, dtype=torch.float32, fmt=CL)
     for impl, expect_op in (("auto", False), ("fused", True)):
-        for m in fused.modules():
-            if hasattr(m, "impl"):
-                m.impl = impl
+        _set_impl(fused, impl)
         torch._dynamo.reset()
         compiled, targets = compile_recording(fused)
         with torch.no_grad():
@@ -298,10 +287,8 @@ def test_training_steps_of_a_network_match_eager_in_float64(calls):
     eager = create_model("cifar_resnet20_cbam", num_classes=10).double()
     eager = eager.to(memory_format=CL)
     fused = copy.deepcopy(eager)
-    for model, impl in ((eager, "eager"), (fused, "fused")):
-        for m in model.modules():
-            if hasattr(m, "impl"):
-                m.impl = impl
+    _set_impl(eager, "eager")
+    _set_impl(fused, "fused")
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (eager, fused)]
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):

@@ -66,7 +66,7 @@ def _run(m, x, g):
     y = m(x)
     y.backward(g)
     grads = {n: p.grad for n, p in m.named_parameters()}
-    return y, x.grad, grads, dict(m.named_buffers())
+    return y, x.grad, grads, {n: b.clone() for n, b in m.named_buffers()}
 
 
 def _close(got, want, truth, name):
