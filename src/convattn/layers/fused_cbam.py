@@ -115,11 +115,17 @@ def fused_unsupported(module: nn.Module, x: torch.Tensor) -> str | None:
         if bn is not None:
             if type(bn) is not nn.BatchNorm2d:  # e.g. synchronised across processes
                 return f"{type(bn).__name__} in the spatial gate (fused: nn.BatchNorm2d)"
-            batch_stats = bn.training or bn.running_mean is None
-            if batch_stats and x.shape[0] * x.shape[2] * x.shape[3] == 1:
-                return "BatchNorm over one value (eager raises the error)"
-            if bn.momentum is None and torch.compiler.is_compiling():
-                return "cumulative-average BatchNorm under torch.compile"
+            return _batchnorm_unsupported(bn, x)
+    return None
+
+
+def _batchnorm_unsupported(bn: nn.BatchNorm2d, x: torch.Tensor) -> str | None:
+    """Why the kernels cannot run ``bn`` on ``x`` (``None`` when they can)."""
+    batch_stats = bn.training or bn.running_mean is None
+    if batch_stats and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        return "BatchNorm over one value (eager raises the error)"
+    if bn.momentum is None and torch.compiler.is_compiling():
+        return "cumulative-average BatchNorm under torch.compile"
     return None
 
 
@@ -175,12 +181,7 @@ def norm_unsupported(module: nn.Module, norm: nn.Module, x: torch.Tensor) -> str
     tensors = (norm.weight, norm.bias, norm.running_mean, norm.running_var)
     if not _same_kind(x, tensors):
         return "BatchNorm parameters or statistics of another dtype or not contiguous"
-    batch_stats = norm.training or norm.running_mean is None
-    if batch_stats and x.shape[0] * x.shape[2] * x.shape[3] == 1:
-        return "BatchNorm over one value (eager raises the error)"
-    if norm.momentum is None and torch.compiler.is_compiling():
-        return "cumulative-average BatchNorm under torch.compile"
-    return None
+    return _batchnorm_unsupported(norm, x)
 
 
 def _bn_plan(bn: nn.BatchNorm2d) -> tuple[bool, float, bool]:
