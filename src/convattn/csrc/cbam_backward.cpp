@@ -142,16 +142,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   };
   // The per-channel factors of the gated map x mc = z chs + chb (cs arrangement).
   auto gated = [&](idx_t n, BwdScratch<T>& w) -> const T* {
-    const T* mcn = mcp + n * C;
-    if (!head) {
-      std::copy(mcn, mcn + C, w.chs);
-      return nullptr;
-    }
-    for (idx_t c = 0; c < C; ++c) {
-      w.chs[c] = ha[c] * mcn[c];
-      w.chb[c] = hb[c] * mcn[c];
-    }
-    return w.chb;
+    return gated_factors(C, mcp + n * C, head ? ha.data() : nullptr, hb.data(), w.chs, w.chb);
   };
 
   // ---- stage A: the reductions over gy and x, and all that needs no batch sums ---------

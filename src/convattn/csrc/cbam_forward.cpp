@@ -148,16 +148,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, co
     mlp_forward(st.mlp, vs, st.P, h, h + st.P * Hd, mcp + n * C);
   };
   // Per-channel factors of the gated map: x cs[c] = z chs[c] + chb[c].
-  auto gated = [&](idx_t n, FwdScratch<T>& w, const T* cs) -> const T* {
-    if (!head) {
-      std::copy(cs, cs + C, w.chs);
-      return nullptr;
-    }
-    for (idx_t c = 0; c < C; ++c) {
-      w.chs[c] = ha[c] * cs[c];
-      w.chb[c] = hb[c] * cs[c];
-    }
-    return w.chb;
+  auto gated = [&](FwdScratch<T>& w, const T* cs) -> const T* {
+    return gated_factors(C, cs, head ? ha.data() : nullptr, hb.data(), w.chs, w.chb);
   };
   // Spatial pooling maps of x cs, the conv output s and its moments.
   auto spatial_logits = [&](idx_t n, FwdScratch<T>& w, const T* xn, const T* cs, const T* chb) {
@@ -183,7 +175,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, co
                        idx ? w.cidx : nullptr, nullptr, nullptr, nullptr);
       channel_gate(n, w.csum, w.cmax, cidx, w.h);
       if (st.arr == kChannelSpatial) {
-        const T* chb = gated(n, w, mcp + n * C);
+        const T* chb = gated(w, mcp + n * C);
         spatial_logits(n, w, xn, w.chs, chb);
       }
     } else if (st.arr == kParallel) {
@@ -213,7 +205,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, co
                      idx ? w.cidx : nullptr, nullptr, nullptr, nullptr);
       channel_gate(n, w.csum, w.cmax, idx ? w.cidx : nullptr, w.h);
     }
-    const T* chb = gated(n, w, mcp + n * C);
+    const T* chb = gated(w, mcp + n * C);
     const idx_t off = n * C * HW;
     scale_sample(S, xn, yp + off, w.chs, ps, chb, scp ? scp + off : nullptr, a.relu);
   };

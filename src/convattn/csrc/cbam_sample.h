@@ -103,14 +103,6 @@ inline bool use_interop_pool() {
 template <typename F>
 void for_each_sample(idx_t N, F&& body, bool reverse = false) {
   const idx_t nw = num_workers(N);
-  if (nw > 1 && !at::in_parallel_region() && !use_interop_pool()) {
-    std::atomic<idx_t> next{0};
-    at::parallel_for(0, nw, 1, [&](idx_t b, idx_t e) {
-      for (idx_t wk = b; wk < e; ++wk)
-        for (idx_t i = next++; i < N; i = next++) body(reverse ? N - 1 - i : i, wk);
-    });
-    return;
-  }
   struct Shared {
     std::atomic<idx_t> next{0};
     std::mutex m;
@@ -123,6 +115,12 @@ void for_each_sample(idx_t N, F&& body, bool reverse = false) {
   auto loop = [&](idx_t wk) {
     for (idx_t i = sh->next++; i < N; i = sh->next++) body(reverse ? N - 1 - i : i, wk);
   };
+  if (nw > 1 && !at::in_parallel_region() && !use_interop_pool()) {
+    at::parallel_for(0, nw, 1, [&](idx_t b, idx_t e) {
+      for (idx_t wk = b; wk < e; ++wk) loop(wk);
+    });
+    return;
+  }
   std::function<void(idx_t)> run = loop;  // helpers touch it only while the caller waits
   const std::function<void(idx_t)>* runp = &run;
   if (nw > 1 && !at::in_parallel_region()) {
@@ -149,6 +147,22 @@ void for_each_sample(idx_t N, F&& body, bool reverse = false) {
   sh->closed = true;
   sh->done.wait(lock, [&] { return sh->active == 0; });
   if (sh->error) std::rethrow_exception(sh->error);
+}
+
+// Per-channel factors of a channel-gated map behind a folded BatchNorm x = ha z + hb:
+// x cs[c] = z chs[c] + chb[c]. Without the BatchNorm (ha == nullptr) chs = cs and there is
+// no shift: returns chb, or nullptr when there is none.
+template <typename T>
+const T* gated_factors(idx_t C, const T* cs, const T* ha, const T* hb, T* chs, T* chb) {
+  if (ha == nullptr) {
+    std::copy(cs, cs + C, chs);
+    return nullptr;
+  }
+  for (idx_t c = 0; c < C; ++c) {
+    chs[c] = ha[c] * cs[c];
+    chb[c] = hb[c] * cs[c];
+  }
+  return chb;
 }
 
 // Pools e = x cs[c] ps[p] + chb[c] (chb: optional per-channel shift) over positions
