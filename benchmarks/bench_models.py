@@ -9,6 +9,7 @@ in evaluation mode. Ratios are against the plain ResNet-50 in the same mode.
 
     python benchmarks/bench_models.py                       # ResNet-50, batch 16, 224 px
     python benchmarks/bench_models.py --arch cifar_resnet20 --batch 128 --size 32
+    python benchmarks/bench_models.py --phases --memory     # bytes saved for backward only
 
 Needs timm (``pip install -e .[bench]``) for the timm rows. Prints a Markdown table and
 writes JSON (default ``benchmarks/results/bench_models.json``).
@@ -134,8 +135,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; batch "
           f"{args.batch}, {args.size} px, channels_last {args.channels_last}, "
           f"median of {args.repeats}\n")  # fmt: skip
-    print("| mode | phase | model | median (ms) | vs plain |")
-    print("| --- | --- | --- | ---: | ---: |")
+    if rows:
+        print("| mode | phase | model | median (ms) | vs plain |")
+        print("| --- | --- | --- | ---: | ---: |")
     for r in rows:
         print(f"| {r['mode']} | {r['phase']} | {r['model']} | {1e3 * r['median_s']:.0f} | "
               f"{r['ratio']:.2f}x |")  # fmt: skip
