@@ -100,11 +100,10 @@ class ResidualBlock(nn.Module):
         base_width: int = 64,
         attn_layer: AttnLayer = None,
         attn_kwargs: dict[str, Any] | None = None,
-        is_first: bool = False,
         stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
-        self._build(inplanes, planes, stride, groups, base_width, is_first, stride_in_1x1)
+        self._build(inplanes, planes, stride, groups, base_width, stride_in_1x1)
         self.attn = _attention(attn_layer, planes * self.expansion, attn_kwargs)
         self.downsample = downsample
 
@@ -115,7 +114,6 @@ class ResidualBlock(nn.Module):
         stride: int,
         groups: int,
         base_width: int,
-        is_first: bool,
         stride_in_1x1: bool,
     ) -> None:
         raise NotImplementedError
@@ -152,7 +150,6 @@ class BasicBlock(ResidualBlock):
         stride: int,
         groups: int,
         base_width: int,
-        is_first: bool,
         stride_in_1x1: bool,
     ) -> None:
         if groups != 1 or base_width != 64 or stride_in_1x1:
@@ -192,7 +189,6 @@ class Bottleneck(ResidualBlock):
         stride: int,
         groups: int,
         base_width: int,
-        is_first: bool,
         stride_in_1x1: bool,
     ) -> None:
         width = int(planes * base_width / 64) * groups
@@ -200,11 +196,11 @@ class Bottleneck(ResidualBlock):
         self.conv1 = conv1x1(inplanes, width, s1)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self._build_mid(width, s3, groups, is_first)
+        self._build_mid(width, s3, groups)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
 
-    def _build_mid(self, width: int, stride: int, groups: int, is_first: bool) -> None:
+    def _build_mid(self, width: int, stride: int, groups: int) -> None:
         self.conv2 = conv3x3(width, width, stride, groups)
         self.bn2 = nn.BatchNorm2d(width)
 
@@ -224,7 +220,7 @@ class SKBottleneck(Bottleneck):
     (Li et al., CVPR 2019; SKNet-50 uses ResNeXt-50 32x4d widths, groups 32, r = 16,
     L = 32)."""
 
-    def _build_mid(self, width: int, stride: int, groups: int, is_first: bool) -> None:
+    def _build_mid(self, width: int, stride: int, groups: int) -> None:
         self.sk = SelectiveKernel(width, width, stride=stride, groups=groups)
 
     def _mid(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,14 +229,15 @@ class SKBottleneck(Bottleneck):
 
 class SplitBottleneck(Bottleneck):
     """ResNeSt bottleneck: split-attention 3x3 (radix 2), with ResNeSt's "avd": when the
-    block strides (and in the first block of the network, as the reference code does) the
-    split-attention convolution runs at stride 1 and a 3x3 average pool then applies the
-    stride (Zhang et al., 2020, Sec. 5.1)."""
+    block strides, the split-attention convolution runs at stride 1 and a 3x3 average pool
+    (padding 1) after it applies the stride (Zhang et al., 2020, Sec. 5.1). Blocks at
+    stride 1 have no pool, the first block of the network included (the reference code
+    builds its first stage with ``is_first=False``)."""
 
     radix = 2
 
-    def _build_mid(self, width: int, stride: int, groups: int, is_first: bool) -> None:
-        avd = stride > 1 or is_first
+    def _build_mid(self, width: int, stride: int, groups: int) -> None:
+        avd = stride > 1
         self.splat = SplitAttentionConv(
             width, width, stride=1 if avd else stride, groups=groups, radix=self.radix
         )

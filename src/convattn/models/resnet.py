@@ -104,7 +104,6 @@ class ResNet(Backbone):
                     base_width=base_width,
                     attn_layer=attn_layer,
                     attn_kwargs=attn_kwargs,
-                    is_first=i == 0 and j == 0,
                     stride_in_1x1=stride_in_1x1,
                 )
                 inplanes = planes * block.expansion

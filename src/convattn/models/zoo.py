@@ -63,8 +63,8 @@ _PAPER: dict[str, tuple[float, float | None, float | None, float | None, str]] =
     "resnext50_32x4d_cbam": (27.56, 3.774, 21.92, 5.91, TABLE4),
     "mobilenet_v1": (4.23, 0.569, 31.39, 11.51, TABLE4),
     "mobilenet_v1_cbam": (5.07, 0.576, 29.01, 9.99, TABLE4),
-    "skresnet50": (27.5, None, None, None, "SKNet paper, Table 2 (SKNet-50 parameters)"),
-    "resnest50": (27.5, None, None, None, "ResNeSt paper (ResNeSt-50 parameters)"),
+    "skresnet50": (27.5, 4.47, None, None, "SKNet paper, Table 2 (SKNet-50)"),
+    "resnest50": (27.5, 5.39, None, None, "ResNeSt paper (ResNeSt-50)"),
 }
 
 
