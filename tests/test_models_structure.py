@@ -143,3 +143,17 @@ def test_stage_outputs_have_the_published_strides(name):
         (1024, 4, 4),
         (2048, 2, 2),
     ]
+
+
+def test_initialisation_leaves_projection_shortcuts_at_pytorch_default_as_the_authors():
+    # The authors' code re-initialises parameters whose name holds "conv" (Kaiming normal,
+    # fan-out); "downsample.0.weight" does not, so it keeps PyTorch's default, uniform
+    # within 1 / sqrt(fan_in). A Kaiming fan-out normal (std sqrt(2 / 256) = 0.088 here)
+    # would exceed that bound (1 / 8) at about 16% of the 16,384 weights.
+    torch.manual_seed(0)
+    block = create_model("resnet50_cbam").layer1[0]
+    shortcut = block.downsample[0].weight  # 64 -> 256, 1x1
+    assert shortcut.abs().max().item() <= 1 / 8
+    assert shortcut.std().item() == pytest.approx((1 / 8) / 3**0.5, rel=0.05)
+    body = block.conv3.weight  # 64 -> 256, 1x1, Kaiming normal with fan-out 256
+    assert body.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.05)

@@ -115,12 +115,23 @@ class Backbone(nn.Module):
 def init_weights(model: nn.Module, *, zero_init_last: bool = False) -> None:
     """Initialise as the CBAM authors' code: Kaiming-normal (fan-out) convolutions, BN
     weight 1 and bias 0, every bias 0, and the spatial-attention BN weight 0 (gates start
-    at 0.5). ``zero_init_last`` also zeroes the last BN of every residual block (blocks
-    expose it as ``last_bn``), so each block starts as the identity.
+    at 0.5). Projection shortcuts (a block's ``downsample``) keep PyTorch's default
+    initialisation, as there: the authors select convolutions by the word "conv" in the
+    parameter's name, which ``downsample.0.weight`` lacks. ``zero_init_last`` also zeroes
+    the last BN of every residual block (blocks expose it as ``last_bn``), so each block
+    starts as the identity.
     """
+    shortcut = {
+        id(m)
+        for block in model.modules()
+        if isinstance(getattr(block, "downsample", None), nn.Module)
+        for m in block.downsample.modules()
+        if isinstance(m, nn.Conv2d)
+    }
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if id(m) not in shortcut:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
