@@ -87,7 +87,11 @@ def test_demo_quick_trains_three_models_and_prints_the_table(tmp_path, capsys):
 def test_models_and_summary(capsys):
     assert main(["models", "*resnet50_cbam", "--no-flops"]) == 0
     out = capsys.readouterr().out
-    assert "| resnet50_cbam | 28.09 | - | 224x224 | 28.09 |" in out
+    assert "| resnet50_cbam | 28.09 | - | - | 224x224 | 28.09 |" in out
+    assert main(["models", "resnet50_cbam"]) == 0
+    out = capsys.readouterr().out  # our layout, then the stride-in-1x1 layout the paper counted
+    assert "| resnet50_cbam | 28.09 | 4.096 | 3.864 | 224x224 | 28.09 | 3.864 |" in out
+    assert "stride_in_1x1=True" in out
     assert main(["summary", "cifar_resnet20_cbam", "--depth", "1"]) == 0
     assert "Total params: 272" in capsys.readouterr().out
 

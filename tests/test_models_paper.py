@@ -54,7 +54,10 @@ def test_parameter_count_matches_paper(name, params):
 
 @pytest.mark.parametrize("name,gflops", PAPER_GFLOPS.items())
 def test_gmacs_match_paper(name, gflops):
+    # The registry's paper_layout is the layout the paper counted (ResNet/ResNeXt
+    # bottlenecks: stride in the first 1x1 convolution).
     kw = {"stride_in_1x1": True} if name.startswith(("resnet", "resnext")) else {}
+    assert dict(get_model_spec(name).paper_layout) == kw
     assert round(profile(_meta(name, **kw)).gmacs, 3) == gflops
 
 

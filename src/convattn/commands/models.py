@@ -33,21 +33,34 @@ def run_models(args: argparse.Namespace) -> int:
     if not names:
         print(f"no model matches {args.pattern!r}")
         return 1
-    header = "| model | params (M) | GFLOPs (GMACs) | input | paper params (M) | paper GFLOPs |"
-    print(header)
-    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    print(
+        "| model | params (M) | GFLOPs (GMACs) | GFLOPs, paper's layout | input "
+        "| paper params (M) | paper GFLOPs |"
+    )
+    print("| --- | ---: | ---: | ---: | --- | ---: | ---: |")
     for name in names:
         spec = get_model_spec(name)
-        with torch.device("meta"):  # count without allocating or computing
-            model = create_model(name)
-        prof = None if args.no_flops else profile(model, spec.input_size)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
+        params = sum(p.numel() for p in _meta(name).parameters()) / 1e6
+        ours = paper = None
+        if not args.no_flops:
+            ours = profile(_meta(name), spec.input_size).gmacs
+            paper = profile(_meta(name, **spec.paper_layout), spec.input_size).gmacs
         size = "x".join(map(str, spec.input_size[1:]))
         print(
-            f"| {name} | {params:.2f} | {_fmt(prof and prof.gmacs, 3)} | {size} | "
+            f"| {name} | {params:.2f} | {_fmt(ours, 3)} | {_fmt(paper, 3)} | {size} | "
             f"{_fmt(spec.paper_params_m, 2)} | {_fmt(spec.paper_gflops, 3)} |"
         )
+    print(
+        "\nGFLOPs are multiply-accumulates of the model as built. The paper counted ResNet "
+        "and ResNeXt bottlenecks with the stride in the first 1x1 convolution (the original "
+        'layout, stride_in_1x1=True); the column "paper\'s layout" counts that layout.'
+    )
     return 0
+
+
+def _meta(name: str, **kwargs: object) -> torch.nn.Module:
+    with torch.device("meta"):  # count without allocating or computing
+        return create_model(name, **kwargs)
 
 
 def run_summary(args: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ class ModelSpec:
         num_classes: default number of classes.
         paper_params_m: parameters in millions as printed in the paper (1000 classes).
         paper_gflops: the paper's GFLOPs (multiply-accumulates; see ``convattn.profile``).
+        paper_layout: builder arguments of the layout the paper's GFLOPs count (ResNet and
+            ResNeXt bottlenecks: the stride in the first 1x1 convolution).
         paper_top1_err, paper_top5_err: the paper's ImageNet errors (%), where given.
         source: where the paper figures come from.
     """
@@ -48,6 +50,7 @@ class ModelSpec:
     num_classes: int = 1000
     paper_params_m: float | None = None
     paper_gflops: float | None = None
+    paper_layout: Mapping[str, Any] = field(default_factory=dict)
     paper_top1_err: float | None = None
     paper_top5_err: float | None = None
     source: str = ""

@@ -85,9 +85,12 @@ def _register(name: str, builder: Any, fixed: dict[str, Any], **meta: Any) -> No
     )
 
 
+# The CBAM paper's GFLOPs for bottleneck ResNets and ResNeXts count the original layout.
+_STRIDE_IN_1X1 = {"paper_layout": {"stride_in_1x1": True}}
 for arch, fixed in _ARCHS.items():
+    layout = _STRIDE_IN_1X1 if fixed["block"] is Bottleneck else {}
     for suffix, attn in {**_ATTN, **_BAM}.items():
-        _register(arch + suffix, ResNet, {**fixed, **attn})
+        _register(arch + suffix, ResNet, {**fixed, **attn}, **layout)
 
 cifar_meta = {"input_size": (3, 32, 32), "mean": CIFAR_MEAN, "std": CIFAR_STD, "num_classes": 10}
 for arch, fixed in _CIFAR.items():
