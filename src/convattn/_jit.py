@@ -15,6 +15,7 @@ callers fall back to the eager implementation.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import sys
@@ -83,9 +84,27 @@ class FusedOps(NamedTuple):
     backward: Any
 
 
-def _build() -> FusedOps:
-    from torch.utils import cpp_extension
+class _NoCudaNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found" notice: CPU kernels need no CUDA."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+def _cpp_extension() -> Any:
+    """``torch.utils.cpp_extension``, imported without its CUDA notice."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    notice = _NoCudaNotice()
+    logger.addFilter(notice)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.removeFilter(notice)
+    return cpp_extension
+
+
+def _build() -> FusedOps:
+    cpp_extension = _cpp_extension()
     key = build_key()
     build_dir = _cache_root() / f"fused_cbam_{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -114,9 +133,7 @@ def load_fused() -> FusedOps | None:
     with _lock:
         if "ext" not in _state:
             ext = None
-            if os.environ.get("CONVATTN_NO_BUILD", "") not in ("", "0"):
-                pass
-            else:
+            if os.environ.get("CONVATTN_NO_BUILD", "") in ("", "0"):
                 try:
                     ext = _build()
                 except Exception as e:  # compiler missing, build error, no write access...
