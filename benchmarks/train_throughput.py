@@ -26,14 +26,15 @@ import torch
 
 from convattn.data import build_dataset, build_loader
 from convattn.engine.config import load_config
+from convattn.engine.loop import StepOptions, train_one_epoch
 from convattn.engine.optim import build_optimizer, build_scheduler
-from convattn.engine.train import train_one_epoch
+from convattn.engine.setup import TrainParts
 from convattn.models import create_model
 
 
-def _round(model, loader, opt, sched, cfg, steps: int) -> float:
+def _round(parts: TrainParts, loader, cfg, steps: int) -> float:
     start = time.perf_counter()
-    train_one_epoch(model, loader, opt, sched, torch.device("cpu"), cfg, epoch=0, steps=steps)
+    train_one_epoch(parts, loader, StepOptions.from_config(cfg), epoch=0, steps=steps)
     return steps * cfg.data.batch_size / (time.perf_counter() - start)
 
 
@@ -76,14 +77,15 @@ def measure(name: str, workers: int, args: argparse.Namespace) -> dict:
     model = create_model(name, num_classes=info.num_classes).to(memory_format=fmt)
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, 10**6, cfg)
+    parts = TrainParts(model, model, opt, sched, None, None, torch.device("cpu"))
     images, labels = next(iter(loader))
     fixed = itertools.repeat((images, labels))
-    _round(model, fixed, opt, sched, cfg, args.warmup)  # warm-up: allocator, kernels
-    _round(model, loader, opt, sched, cfg, args.warmup)
+    _round(parts, fixed, cfg, args.warmup)  # warm-up: allocator, kernels
+    _round(parts, loader, cfg, args.warmup)
     pipe, synth = [], []
     for _ in range(args.rounds):
-        pipe.append(_round(model, loader, opt, sched, cfg, args.steps))
-        synth.append(_round(model, fixed, opt, sched, cfg, args.steps))
+        pipe.append(_round(parts, loader, cfg, args.steps))
+        synth.append(_round(parts, fixed, cfg, args.steps))
     p, s = statistics.median(pipe), statistics.median(synth)
     return {
         "model": name,

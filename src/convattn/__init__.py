@@ -1,7 +1,6 @@
 """convattn: attention-augmented CNNs (CBAM, SE, BAM, SK, ResNeSt), faithful and fast."""
 
-from importlib.metadata import PackageNotFoundError, version
-
+from ._version import __version__
 from .layers import (
     BAM,
     CBAM,
@@ -20,11 +19,6 @@ from .models import (
     load_checkpoint,
     profile,
 )
-
-try:
-    __version__ = version("convattn")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "BAM",

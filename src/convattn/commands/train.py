@@ -72,7 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", help="YAML recipe, e.g. configs/cifar10.yaml")
-    p.add_argument("--resume", help="checkpoint file or run folder to continue")
+    p.add_argument(
+        "--resume",
+        help="run folder (or checkpoint) to continue with its own recipe; options given "
+        "with it may change only how it executes (threads, workers, progress, device) and, "
+        "for a step schedule, the number of epochs",
+    )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for key, tp, default in _fields(Config):
         section = key.split(".")[0] if "." in key else "model"
@@ -97,12 +102,15 @@ def overrides_from(args: argparse.Namespace) -> dict[str, typing.Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.config import load_config
-    from ..engine.fit import fit
+    from ..engine import StopRequested, fit, load_config, resume_config
+    from ..engine.config import read_recipe
     from ..engine.run import format_table
-    from ..engine.train import StopRequested
 
-    cfg = load_config(args.config, overrides_from(args))
+    if args.resume is not None:
+        recipe = read_recipe(args.config) if args.config else None
+        cfg = resume_config(args.resume, overrides_from(args), recipe)
+    else:
+        cfg = load_config(args.config, overrides_from(args))
     try:
         row = fit(cfg, resume=args.resume)
     except StopRequested as stop:

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .._seed import mix_seed
 from ..layers._checks import check_positive
 from .mix import BatchCollate, Mix
 
@@ -115,7 +116,7 @@ def build_loader(
             seed=seed,
             drop_last=drop_last and distributed,
         )
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + rank) % 2**63)
+    generator = torch.Generator().manual_seed(mix_seed(seed, 0, rank) % 2**63)
     collate = BatchCollate(_batch_transform_of(dataset) if normalize else None, mix)
     return DataLoader(
         dataset,

@@ -1,29 +1,70 @@
 """Checkpoints that survive crashes: atomic writes and everything needed to resume exactly.
 
-A checkpoint holds the model, optimiser, scheduler, AMP scaler and EMA states, the epoch,
-the best metric so far, every random generator's state and the resolved config. It is
-written to a temporary file in the same folder and renamed over the old one, so a crash
-mid-write never leaves a truncated checkpoint. Reading uses ``weights_only=True``.
+A checkpoint holds the model, optimiser, scheduler, AMP scaler and EMA states, where
+training stands (:class:`TrainState`: epochs done, steps and running sums of a stopped
+epoch, the best error, the last epoch's metrics record), every random generator's state
+and the resolved config. It is written to a temporary file in the same folder and renamed
+over the old one, so a crash mid-write never leaves a truncated checkpoint. Reading uses
+``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from .._version import __version__
+from .config import Config, config_to_dict
+from .metrics import Meter
+
+if TYPE_CHECKING:
+    from .setup import TrainParts
+
 __all__ = [
+    "TrainState",
     "atomic_save",
     "export_safetensors",
     "get_rng_state",
     "load_training_state",
+    "restore_training_state",
+    "save_training_state",
     "set_rng_state",
 ]
+
+
+@dataclass
+class TrainState:
+    """Where training stands.
+
+    Attributes:
+        epoch: epochs finished.
+        step: steps done in the next epoch (after a signal stopped it; else 0).
+        best_top1_err: the best validation top-1 error so far.
+        partial_sums: the stopped epoch's running sums (count and sums of its meter).
+        partial_rng: every generator's state when that epoch stopped.
+        record: the metrics record of the last finished epoch.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    best_top1_err: float = math.inf
+    partial_sums: dict[str, Any] | None = None
+    partial_rng: dict[str, Any] | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def partial_meter(self) -> Meter:
+        meter = Meter()
+        if self.partial_sums:
+            meter.count, meter.sums = self.partial_sums["count"], dict(self.partial_sums["sums"])
+        return meter
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -69,12 +110,56 @@ def _tuples(x: Any) -> Any:
     return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-def load_training_state(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint without executing pickled code."""
+def load_training_state(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a training checkpoint without executing pickled code (``mmap``: tensors are
+    mapped, not read, for a look at the small entries)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def save_training_state(path: Path, parts: TrainParts, state: TrainState, cfg: Config) -> None:
+    """Everything ``--resume`` needs, written atomically."""
+    atomic_save(
+        {
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": None if parts.scaler is None else parts.scaler.state_dict(),
+            "ema": None if parts.ema is None else parts.ema.state_dict(),
+            "epoch": state.epoch,
+            "step": state.step,
+            "best_top1_err": state.best_top1_err,
+            "partial_sums": state.partial_sums,
+            "partial_rng": state.partial_rng,
+            "record": state.record,
+            "rng": get_rng_state(),
+            "config": config_to_dict(cfg),
+            "version": __version__,
+        },
+        path,
+    )
+
+
+def restore_training_state(ckpt: dict[str, Any], parts: TrainParts) -> TrainState:
+    """Load a checkpoint read by :func:`load_training_state` into ``parts``."""
+    parts.model.load_state_dict(ckpt["model"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    if parts.scaler is not None and ckpt.get("scaler"):
+        parts.scaler.load_state_dict(ckpt["scaler"])
+    if parts.ema is not None and ckpt.get("ema"):
+        parts.ema.load_state_dict(ckpt["ema"])
+    set_rng_state(ckpt["rng"])
+    return TrainState(
+        epoch=ckpt["epoch"],
+        step=ckpt["step"],
+        best_top1_err=ckpt["best_top1_err"],
+        partial_sums=ckpt.get("partial_sums"),
+        partial_rng=ckpt.get("partial_rng"),
+        record=ckpt.get("record") or {},
+    )
 
 
 def export_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path, **meta: str) -> None:

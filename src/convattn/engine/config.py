@@ -28,9 +28,13 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "ScheduleConfig",
+    "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "flatten",
     "load_config",
+    "merge_sections",
+    "read_recipe",
     "recipe_path",
     "save_config",
 ]
@@ -51,8 +55,9 @@ class DataConfig:
     cache_dir: str | None = None
     train_split: str = "train"
     val_split: str = "val"
-    limit_train: int | None = None  # use only the first N training samples
-    limit_val: int | None = None
+    limit_train: int | None = None  # a class-stratified subset of N training samples
+    limit_val: int | None = None  # the same for validation
+    limit_seed: int = 0  # which subset (independent of run.seed)
 
 
 @dataclass
@@ -193,10 +198,13 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s keys replaced, section by section (a new mapping)."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            merge_sections(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -212,15 +220,20 @@ def recipe_path(path: str | Path) -> Path:
     raise FileNotFoundError(f"config file not found: {p} (packaged recipes: {names})")
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML recipe (a file or a packaged recipe name; or start from defaults) and
-    apply dotted ``overrides`` such as ``{"optim.lr": 0.05, "model": "resnet50"}``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = recipe_path(path)
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{p} must hold a mapping of config sections")
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config sections to dotted keys: ``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``
+    (``model_kwargs`` stays one value)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "model_kwargs":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> Config:
+    """The :class:`Config` of the nested mapping ``data`` with dotted ``overrides`` applied."""
     for dotted, value in (overrides or {}).items():
         nested: dict[str, Any] = {}
         cur = nested
@@ -228,9 +241,25 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for part in parents:
             cur = cur.setdefault(part, {})
         cur[last] = value
-        data = _merge(data, nested)
+        data = merge_sections(data, nested)
+    return config_from_dict(data)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The nested mapping of a YAML recipe (a file or a packaged recipe name)."""
+    p = recipe_path(path)
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p} must hold a mapping of config sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML recipe (a file or a packaged recipe name; or start from defaults) and
+    apply dotted ``overrides`` such as ``{"optim.lr": 0.05, "model": "resnet50"}``."""
+    data = {} if path is None else read_recipe(path)
     try:
-        return config_from_dict(data)
+        return apply_overrides(data, overrides)
     except ValueError as err:
         raise ValueError(f"{path or 'config'}: {err}") from None
 

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .distributed import all_reduce_sum
 from .metrics import Meter, topk_correct
+from .progress import Progress
 
 __all__ = ["autocast", "evaluate", "precise_bn"]
 
@@ -54,13 +54,16 @@ def evaluate(
     model.eval()
     meter = Meter()
     start = time.perf_counter()
-    for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images, labels = move_batch(images, device, channels_last), labels.to(device)
-        with autocast(device, amp):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-        top1, top5 = topk_correct(logits, labels)
-        meter.update(len(labels), loss=loss.item(), top1=top1, top5=top5)
+    total = len(loader) if hasattr(loader, "__len__") else 0
+    with Progress(total, desc, enabled=progress) as bar:
+        for images, labels in loader:
+            images, labels = move_batch(images, device, channels_last), labels.to(device)
+            with autocast(device, amp):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+            top1, top5 = topk_correct(logits, labels)
+            meter.update(len(labels), loss=loss.item(), top1=top1, top5=top5)
+            bar.update()
     elapsed = time.perf_counter() - start
     model.train(was_training)
     total = meter.reduce()

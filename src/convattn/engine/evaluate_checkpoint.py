@@ -11,7 +11,7 @@ from ..data import build_dataset, build_loader
 from ..models import create_model, load_checkpoint
 from .config import load_config
 from .evaluate import evaluate
-from .train import resolve_device
+from .runtime import resolve_device
 
 __all__ = ["evaluate_weights"]
 

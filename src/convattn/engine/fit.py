@@ -1,87 +1,51 @@
 """``fit``: the paper's recipe from a :class:`~convattn.engine.config.Config` to a run
-folder with checkpoints, per-epoch metrics and a Table-4-style summary."""
+folder with checkpoints, per-epoch metrics and a Table-4-style summary.
+
+Each epoch trains, evaluates (every ``run.eval_every`` epochs and at the end), exports
+the best weights, writes the checkpoint (with the epoch's metrics record) and then
+appends the record to ``metrics.jsonl``, so a run killed at any moment resumes from a
+checkpoint whose record is either in the file already or appended on resume.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import Subset
 
-from ..data import build_dataset, build_loader, build_mix, set_epoch
-from ..models import create_model, profile
-from .config import Config, load_config
-from .distributed import DistInfo, barrier, cleanup, init_distributed
-from .evaluate import evaluate, precise_bn
-from .optim import build_optimizer, build_scheduler
-from .run import Run
-from .sync_bn import convert_sync_batchnorm
-from .train import (
-    SignalStop,
-    StopRequested,
+from ..data import set_epoch
+from ..models import profile
+from .checkpoint import (
     TrainState,
-    export_best,
-    resolve_device,
+    export_safetensors,
+    get_rng_state,
+    load_training_state,
     restore_training_state,
     save_training_state,
-    seed_epoch,
-    train_one_epoch,
 )
+from .config import Config
+from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .evaluate import evaluate, precise_bn
+from .loop import PartialEpoch, SignalStop, StepOptions, train_one_epoch
+from .metrics import Meter
+from .progress import Progress
+from .resume import check_resume, checkpoint_file, saved_config
+from .run import Run
+from .runtime import configure, seed_epoch
+from .setup import RunData, TrainParts, build_data, build_model, build_parts, num_skipped
 
-__all__ = ["build_data", "fit"]
+__all__ = ["StopRequested", "fit"]
 
 log = logging.getLogger("convattn")
 
 
-def build_data(cfg: Config, dist: DistInfo, *, progress: bool) -> tuple[Any, Any, Any]:
-    """Training and validation loaders and the dataset info."""
-    d = cfg.data
-    common = {"img_size": d.img_size, "cache_dir": d.cache_dir, "progress": progress}
-    train_ds, info = build_dataset(
-        d.path, d.train_split, augment=d.augment, auto_augment=d.auto_augment, **common
-    )
-    common["img_size"] = info.img_size
-    val_ds, _ = build_dataset(d.path, d.val_split, augment=d.augment, **common)
-    if d.limit_train:
-        train_ds = Subset(train_ds, range(min(d.limit_train, len(train_ds))))
-    if d.limit_val:
-        val_ds = Subset(val_ds, range(min(d.limit_val, len(val_ds))))
-    if d.batch_size % dist.world_size:
-        raise ValueError(
-            f"batch_size {d.batch_size} must divide by the {dist.world_size} processes"
-        )
-    per_process = d.batch_size // dist.world_size
-    mix = build_mix(info.num_classes, mixup_alpha=d.mixup, cutmix_alpha=d.cutmix)
-    kw = {"workers": d.workers, "seed": cfg.run.seed, "distributed": dist.enabled}
-    train_loader = build_loader(train_ds, per_process, train=True, mix=mix, **kw)
-    val_loader = build_loader(val_ds, per_process, train=False, **kw)
-    if len(train_loader) == 0:
-        raise ValueError(f"batch_size {d.batch_size} exceeds the {len(train_ds)} training samples")
-    return train_loader, val_loader, info
-
-
-def _num_skipped(loader: Any) -> int:
-    """Unreadable files the loader's dataset has left out so far (0 if it cannot tell)."""
-    ds = loader.dataset
-    while isinstance(ds, Subset):
-        ds = ds.dataset
-    return int(getattr(ds, "num_skipped", 0))
-
-
-def _resume_path(resume: str | Path | None) -> Path | None:
-    if resume is None:
-        return None
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
-    return path
+class StopRequested(Exception):
+    """Raised after a checkpoint was saved because SIGINT/SIGTERM asked to stop."""
 
 
 def fit(cfg: Config, *, resume: str | Path | None = None) -> dict[str, Any]:
@@ -89,205 +53,165 @@ def fit(cfg: Config, *, resume: str | Path | None = None) -> dict[str, Any]:
     GFLOPs, top-1/top-5 error, throughput, run folder).
 
     Args:
-        cfg: the recipe.
+        cfg: the recipe. With ``resume`` it must be the run's own recipe, differing at
+            most in execution options (see :mod:`convattn.engine.resume`);
+            :func:`~convattn.engine.resume.resume_config` builds it from the run.
         resume: a checkpoint file or a run folder to continue (its folder is reused).
     """
-    device = resolve_device(cfg.run.device)
-    dist = init_distributed(device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    if cfg.run.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    progress = dist.is_main and cfg.run.progress
-    folder = None
+    ckpt, folder, changes = None, None, []
     if resume is not None:
-        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-    run = Run(cfg, main=dist.is_main, folder=folder)
+        path = checkpoint_file(resume)
+        ckpt, folder = load_training_state(path), path.parent
+        changes = check_resume(saved_config(ckpt), cfg, done_epochs=ckpt["epoch"])
+    device = configure(cfg.run)
+    dist = init_distributed(device)
     try:
-        return _fit(cfg, device, dist, run, resume, progress)
+        run = Run(cfg, main=dist.is_main, folder=folder, resume=ckpt is not None)
+        try:
+            for change in changes:
+                log.info("resume: %s", change)
+            return _fit(cfg, run, dist, device, ckpt)
+        finally:
+            run.close()
     finally:
-        run.close()
         cleanup()
 
 
-def _fit(
-    cfg: Config,
-    device: torch.device,
-    dist: DistInfo,
-    run: Run,
-    resume: str | Path | None,
-    progress: bool,
-) -> dict[str, Any]:
-    train_loader, val_loader, info = build_data(cfg, dist, progress=progress)
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every process
-    model = create_model(cfg.model, num_classes=info.num_classes, **cfg.model_kwargs)
-    if cfg.run.sync_bn and dist.enabled:
-        model = convert_sync_batchnorm(model, device)
-    fmt = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=fmt)
-    steps = (
-        len(train_loader)
-        if cfg.run.max_steps is None
-        else min(len(train_loader), cfg.run.max_steps)
-    )
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, steps, cfg)
-    scaler = torch.amp.GradScaler("cuda") if cfg.run.amp == "fp16" else None
-    ema = None
-    if cfg.run.ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.run.ema_decay), use_buffers=True
-        )
-    state = TrainState()
-    ckpt = _resume_path(resume)
+def _fit(cfg: Config, run: Run, dist: DistInfo, device: torch.device, ckpt: dict | None):
+    summary = run.dir / "summary.json"
+    if ckpt is not None and ckpt["epoch"] >= cfg.schedule.epochs and summary.is_file():
+        log.info("run %s already finished (%d epochs); nothing to train", run.dir, ckpt["epoch"])
+        return json.loads(summary.read_text())[0]
+    data = build_data(cfg, dist, progress=dist.is_main and cfg.run.progress)
+    job = _Job(cfg, run, dist, data, build_parts(cfg, data, device, dist), TrainState())
     if ckpt is not None:
-        state = restore_training_state(
-            ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema
-        )
-        log.info("resumed from %s at epoch %d, step %d", ckpt, state.epoch + 1, state.step)
-    train_model: nn.Module = model
-    if dist.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.run.compile:
-        train_model = torch.compile(train_model)
-    params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "%s: %.2fM parameters, %s (%d classes), %d steps/epoch, lr %.4g, run folder %s",
-        cfg.model,
-        params / 1e6,
-        info.name,
-        info.num_classes,
-        steps,
-        cfg.lr,
-        run.dir,
-    )
-    val: dict[str, float] = {}
-    train_stats: dict[str, float] = {}
-
-    def save_checkpoint() -> None:
-        if dist.is_main:
-            save_training_state(
-                run.checkpoint_path,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                ema=ema,
-                state=state,
-                cfg=cfg,
-            )
-
+        job.state = restore_training_state(ckpt, job.parts)
+        run.append_missing(job.state.record)
+        log.info("resumed %s at epoch %d, step %d", run.dir, job.state.epoch + 1, job.state.step)
+    job.log_start()
     with SignalStop() as stop:
-        for epoch in range(state.epoch, cfg.schedule.epochs):
-            seed_epoch(cfg.run.seed, epoch, dist.rank)
-            set_epoch(train_loader, epoch)
-            skip, state.step = state.step, 0
-            train_stats = train_one_epoch(
-                train_model,
-                train_loader,
-                optimizer,
-                scheduler,
-                device,
-                cfg,
-                epoch=epoch,
-                steps=steps,
-                skip=skip,
-                scaler=scaler,
-                ema=ema,
-                stop=stop,
-                progress=progress,
-            )
-            if "stopped_at" in train_stats:
-                state.epoch, state.step = epoch, int(train_stats["stopped_at"])
-                save_checkpoint()
-                log.info(
-                    "stopped by signal; checkpoint saved to %s (resume with --resume %s)",
-                    run.checkpoint_path,
-                    run.dir,
-                )
-                raise StopRequested(str(run.checkpoint_path))
-            last = epoch + 1 == cfg.schedule.epochs
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                **{f"train_{k}": v for k, v in train_stats.items()},
-            }
-            skipped = _num_skipped(train_loader) + _num_skipped(val_loader)
-            record["skipped_files"] = skipped
-            if skipped:
-                log.warning("%d unreadable image files skipped so far (see train.log)", skipped)
-            if last or (epoch + 1) % cfg.run.eval_every == 0:
-                if cfg.run.precise_bn_batches:
-                    precise_bn(
-                        model,
-                        train_loader,
-                        cfg.run.precise_bn_batches,
-                        device,
-                        channels_last=cfg.run.channels_last,
-                    )
-                val = evaluate(
-                    model,
-                    val_loader,
-                    device,
-                    amp=cfg.run.amp,
-                    channels_last=cfg.run.channels_last,
-                    progress=progress,
-                )
-                record.update({f"val_{k}": v for k, v in val.items()})
-                if ema is not None:
-                    ev = evaluate(
-                        ema.module,
-                        val_loader,
-                        device,
-                        amp=cfg.run.amp,
-                        channels_last=cfg.run.channels_last,
-                    )
-                    record.update({f"ema_val_{k}": v for k, v in ev.items()})
-                if val["top1_err"] < state.best_top1_err:
-                    state.best_top1_err = val["top1_err"]
-                    if dist.is_main:
-                        export_best(model, run.best_path, cfg, val["top1_err"])
-            run.log_metrics(record)
-            log.info(
-                "epoch %d/%d  train loss %.4f err %.2f%%  %s  %.0f img/s",
-                epoch + 1,
-                cfg.schedule.epochs,
-                train_stats["loss"],
-                train_stats["top1_err"],
-                f"val err {val['top1_err']:.2f}% / {val['top5_err']:.2f}%"
-                if "top1_err" in val
-                else "",
-                train_stats["images_per_s"],
-            )
-            state.epoch = epoch + 1
-            save_checkpoint()
-            barrier()
-    size = info.img_size
-    with torch.device("meta"):
-        meta_model = create_model(cfg.model, num_classes=info.num_classes, **cfg.model_kwargs)
-    row = {
-        "model": cfg.model,
-        "params_m": params / 1e6,
-        "gmacs": profile(meta_model, (3, size, size)).gmacs,
-        "top1_err": val.get("top1_err", math.nan),
-        "top5_err": val.get("top5_err", math.nan),
-        "best_top1_err": state.best_top1_err,
-        "train_images_per_s": train_stats.get("images_per_s", math.nan),
-        "eval_images_per_s": val.get("images_per_s", math.nan),
-        "epochs": cfg.schedule.epochs,
-        "skipped_files": _num_skipped(train_loader) + _num_skipped(val_loader),
-        "run_dir": str(run.dir),
-    }
-    run.write_summary([row])
-    return row
+        for epoch in range(job.state.epoch, cfg.schedule.epochs):
+            job.epoch(epoch, stop)
+    return job.summary()
 
 
-def fit_from_file(
-    path: str | Path | None, overrides: dict[str, Any] | None = None, **kw: Any
-) -> dict[str, Any]:
-    """Convenience: :func:`fit` on a YAML recipe with dotted overrides."""
-    return fit(load_config(path, overrides), **kw)
+@dataclass
+class _Job:
+    """One run in progress: its recipe, folder, processes, data, model and state."""
+
+    cfg: Config
+    run: Run
+    dist: DistInfo
+    data: RunData
+    parts: TrainParts
+    state: TrainState
+
+    @property
+    def show(self) -> bool:
+        return self.dist.is_main and self.cfg.run.progress
+
+    def log_start(self) -> None:
+        c, d = self.cfg, self.data
+        params = sum(p.numel() for p in self.parts.model.parameters())
+        log.info(
+            "%s: %.2fM parameters, %s (%d classes), %d steps/epoch, lr %.4g, run folder %s",
+            c.model, params / 1e6, d.info.name, d.info.num_classes, d.steps, c.lr, self.run.dir,
+        )  # fmt: skip
+
+    def resumed_part(self) -> PartialEpoch | None:
+        """The stopped epoch to continue (its sums and generators: main process only)."""
+        s = self.state
+        if not s.step:
+            return None
+        if not self.dist.is_main:
+            return PartialEpoch(s.step, Meter())
+        return PartialEpoch(s.step, s.partial_meter(), s.partial_rng)
+
+    def epoch(self, epoch: int, stop: SignalStop) -> None:
+        """Train, evaluate, checkpoint and record epoch ``epoch`` (0-based)."""
+        cfg, state = self.cfg, self.state
+        seed_epoch(cfg.run.seed, epoch, self.dist.rank)
+        set_epoch(self.data.train, epoch)
+        desc = f"epoch {epoch + 1}/{cfg.schedule.epochs}"
+        with Progress(self.data.steps, desc, enabled=self.show, initial=state.step) as bar:
+            result = train_one_epoch(
+                self.parts, self.data.train, StepOptions.from_config(cfg), epoch=epoch,
+                steps=self.data.steps, resume=self.resumed_part(), stop=stop, progress=bar,
+            )  # fmt: skip
+        if result.stopped:
+            m = result.partial.meter
+            state.step, state.partial_sums = (
+                result.partial.steps,
+                {"count": m.count, "sums": m.sums},
+            )
+            state.partial_rng = get_rng_state()
+            self.checkpoint()
+            log.info("stopped by signal; checkpoint saved to %s (resume with --resume %s)",
+                     self.run.checkpoint_path, self.run.dir)  # fmt: skip
+            raise StopRequested(str(self.run.checkpoint_path))
+        record = self.record(epoch, result.stats())
+        state.epoch, state.step, state.partial_sums, state.partial_rng = epoch + 1, 0, None, None
+        state.record = record
+        self.checkpoint()  # before the metrics line: see the module docstring
+        self.run.log_metrics(record)
+        val = record.get("val_top1_err")
+        shown = "" if val is None else f"  val err {val:.2f}% / {record['val_top5_err']:.2f}%"
+        log.info("%s  train loss %.4f err %.2f%%%s  %.0f img/s", desc, result.loss,
+                 result.top1_err, shown, result.images_per_s)  # fmt: skip
+        barrier()
+
+    def record(self, epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+        """The metrics record of finished epoch ``epoch``, evaluated when it is due."""
+        record: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
+        skipped = num_skipped(self.data.train) + num_skipped(self.data.val)
+        record["skipped_files"] = skipped
+        if skipped:
+            log.warning("%d unreadable image files skipped so far (see train.log)", skipped)
+        last = epoch + 1 == self.cfg.schedule.epochs
+        if last or (epoch + 1) % self.cfg.run.eval_every == 0:
+            record.update(self.validate())
+        return record
+
+    def validate(self) -> dict[str, Any]:
+        """Evaluate (after precise BN) and export the best weights; the ``val_*`` entries."""
+        cfg, parts = self.cfg, self.parts
+        kw = {"amp": cfg.run.amp, "channels_last": cfg.run.channels_last}
+        if cfg.run.precise_bn_batches:
+            precise_bn(parts.model, self.data.train, cfg.run.precise_bn_batches, parts.device,
+                       channels_last=cfg.run.channels_last)  # fmt: skip
+        val = evaluate(parts.model, self.data.val, parts.device, progress=self.show, **kw)
+        out = {f"val_{k}": v for k, v in val.items()}
+        if parts.ema is not None:
+            ev = evaluate(parts.ema.module, self.data.val, parts.device, **kw)
+            out.update({f"ema_val_{k}": v for k, v in ev.items()})
+        if val["top1_err"] < self.state.best_top1_err:
+            self.state.best_top1_err = val["top1_err"]
+            if self.dist.is_main:
+                export_safetensors(parts.model.state_dict(), self.run.best_path, model=cfg.model,
+                                   top1_err=f"{val['top1_err']:.4f}")  # fmt: skip
+        return out
+
+    def checkpoint(self) -> None:
+        if self.dist.is_main:
+            save_training_state(self.run.checkpoint_path, self.parts, self.state, self.cfg)
+
+    def summary(self) -> dict[str, Any]:
+        """The run's Table-4 row (from the last epoch's record), written to its summary."""
+        cfg, info, rec = self.cfg, self.data.info, self.state.record
+        with torch.device("meta"):  # counting needs shapes only
+            meta = build_model(cfg, info.num_classes)
+        row = {
+            "model": cfg.model,
+            "params_m": sum(p.numel() for p in meta.parameters()) / 1e6,
+            "gmacs": profile(meta, (3, info.img_size, info.img_size)).gmacs,
+            "top1_err": rec.get("val_top1_err", math.nan),
+            "top5_err": rec.get("val_top5_err", math.nan),
+            "best_top1_err": self.state.best_top1_err,
+            "train_images_per_s": rec.get("train_images_per_s", math.nan),
+            "eval_images_per_s": rec.get("val_images_per_s", math.nan),
+            "epochs": cfg.schedule.epochs,
+            "skipped_files": rec.get("skipped_files", 0),
+            "run_dir": str(self.run.dir),
+        }
+        self.run.write_summary([row])
+        return row

@@ -4,7 +4,8 @@
 ``metrics.jsonl`` (one JSON object per epoch), ``checkpoint.pt`` (the latest, for
 ``--resume``), ``best.safetensors`` (the best weights), ``summary.json`` and
 ``summary.md`` (the paper-style table) and, optionally, TensorBoard event files.
-Only the main process writes.
+Only the main process writes. A new run never reuses a folder that holds a run; a
+resumed one appends to its log and metrics and never rewrites its ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 
 from .config import Config, save_config
 
-__all__ = ["Run", "format_table"]
+__all__ = ["RUN_FILES", "Run", "format_table", "read_metrics", "write_summary"]
+
+#: Files whose presence means a folder holds a run.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt")
 
 log = logging.getLogger("convattn")
 
@@ -27,7 +31,14 @@ log = logging.getLogger("convattn")
 class Run:
     """Files of one run; every method is a no-op on processes other than the main one."""
 
-    def __init__(self, cfg: Config, *, main: bool = True, folder: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        main: bool = True,
+        folder: str | Path | None = None,
+        resume: bool = False,
+    ) -> None:
         self.main = main
         if folder is None:
             name = cfg.run.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -36,8 +47,15 @@ class Run:
         self.tb: Any = None
         if not main:
             return
+        held = [f for f in RUN_FILES if (self.dir / f).exists()]
+        if held and not resume:
+            raise ValueError(
+                f"run folder {self.dir} already holds a run ({', '.join(held)}); resume it "
+                f"with --resume {self.dir}, or choose another run.name or run.output"
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.dir / "config.yaml")
+        if not (self.dir / "config.yaml").exists():
+            save_config(cfg, self.dir / "config.yaml")
         handler = logging.FileHandler(self.dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
@@ -80,13 +98,18 @@ class Run:
                 if isinstance(v, int | float) and k != "epoch":
                     self.tb.add_scalar(k, v, step)
 
+    def append_missing(self, record: dict[str, Any]) -> None:
+        """Append ``record`` unless ``metrics.jsonl`` already holds its epoch (a run
+        killed between writing its checkpoint and its metrics line)."""
+        if not self.main or not record:
+            return
+        rows = read_metrics(self.dir)
+        if not rows or rows[-1].get("epoch", 0) < record["epoch"]:
+            self.log_metrics(record)
+
     def write_summary(self, rows: list[dict[str, Any]]) -> str:
         """Save ``summary.json`` and ``summary.md``; return the Markdown table."""
-        table = format_table(rows)
-        if self.main:
-            (self.dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-            (self.dir / "summary.md").write_text(table + "\n")
-        return table
+        return write_summary(self.dir, rows) if self.main else format_table(rows)
 
     def close(self) -> None:
         if not self.main:
@@ -119,3 +142,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             cells.append("-" if v is None else fmt.format(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_summary(folder: str | Path, rows: list[dict[str, Any]]) -> str:
+    """Write ``summary.json`` and ``summary.md`` (the table) into ``folder``; return the table."""
+    folder = Path(folder)
+    table = format_table(rows)
+    (folder / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (folder / "summary.md").write_text(table + "\n")
+    return table
+
+
+def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (empty if there is none)."""
+    path = Path(folder) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
