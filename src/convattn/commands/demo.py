@@ -8,7 +8,6 @@ table and saves it with the three run folders.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,9 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.config import load_config
-    from ..engine.fit import fit
-    from ..engine.run import format_table
+    from ..engine import fit, load_config
+    from ..engine.run import write_summary
 
     folder = Path(args.output) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     rows = []
@@ -51,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.update({"schedule.epochs": 1, "run.max_steps": 10, "data.limit_val": 256})
         print(f"[{i + 1}/{len(args.models)}] training {model} ...", flush=True)
         rows.append(fit(load_config("demo", overrides)))
-    table = format_table(rows)
-    (folder / "summary.md").write_text(table + "\n")
-    (folder / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    table = write_summary(folder, rows)
     print()
     print(table)
     print(f"\nrun folders and summary: {folder}")
