@@ -57,6 +57,27 @@ def test_torchvision_wide_resnet_matches_our_wide_bottleneck(tmp_path):
     _same_outputs(model, tv)
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torchvision_file_without_batchnorm_counters_loads_as_a_strict_load_does(tmp_path, legacy):
+    tv = _randomize_bn(torchvision.models.resnet18())
+    state = {k: v for k, v in tv.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "tv.pth", _use_new_zipfile_serialization=not legacy)
+    model, strict = create_model("resnet18"), create_model("resnet18")
+    for m in (model, strict):  # counters already running: torch keeps them
+        for name, buf in m.named_buffers():
+            if name.endswith("num_batches_tracked"):
+                buf.fill_(len(name))
+    strict.load_state_dict(state, strict=True)
+    report = load_checkpoint(model, tmp_path / "tv.pth")
+    assert not report.missing and len(report.counters_kept) == 20  # every BatchNorm
+    assert "20 BatchNorm counters not in the file" in report.summary()
+    torch.testing.assert_close(model.state_dict(), strict.state_dict(), rtol=0, atol=0)
+    _same_outputs(model, tv)
+    cbam = create_model("resnet18_cbam")  # attention still reported missing, counters kept
+    report = load_checkpoint(cbam, tmp_path / "tv.pth")
+    assert len(report.counters_kept) == 20 and all(".attn." in k for k in report.missing)
+
+
 def test_torchvision_backbone_into_cbam_model_reports_attention_as_missing(tmp_path):
     tv = _randomize_bn(torchvision.models.resnet18())
     torch.save(tv.state_dict(), tmp_path / "tv.pth")

@@ -7,14 +7,19 @@ Formats (detected from the keys, never from the file name alone):
   ``<block>.cbam.ChannelGate.mlp.{1,3}.*`` (the two Linear layers) and
   ``<block>.cbam.SpatialGate.spatial.{conv,bn}.*``. Their backbone keys are torchvision's
   and their spatial pooling order (max, then mean) is ours, so only the gate names change.
+  The other entries beside ``state_dict`` (``epoch``, ``arch``, ``best_prec1``,
+  ``optimizer``) are ignored.
 - ``torchvision``: a torchvision ResNet/ResNeXt/WideResNet state dict. Backbone weights
   load; attention layers keep their initialisation and are listed in the report.
 - ``convattn``: our checkpoints (a dict with ``model``) or a plain state dict, as ``.pt``
   or ``.safetensors``.
 
-Files are read with ``torch.load(weights_only=True)`` (no pickled code runs) or
-safetensors. A mismatch raises :class:`CheckpointError` listing the offending keys unless
-``strict=False`` asks for a partial load.
+Files are read with ``torch.load(weights_only=True)`` (no pickled code runs), in the
+zip or the legacy (PyTorch < 1.6) serialisation, or with safetensors. Files saved before
+PyTorch 0.4.1, such as the authors' 2018 checkpoints, have no BatchNorm
+``num_batches_tracked`` counters: as ``load_state_dict`` does, the model keeps its own
+(:attr:`LoadReport.counters_kept`). Any other mismatch raises :class:`CheckpointError`
+listing the offending keys unless ``strict=False`` asks for a partial load.
 """
 
 from __future__ import annotations
@@ -62,9 +67,14 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    #: ``num_batches_tracked`` counters of loaded BatchNorms that the file lacks (saved
+    #: before PyTorch 0.4.1); the model keeps its own, as ``load_state_dict`` does.
+    counters_kept: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.format} checkpoint: {len(self.loaded)} tensors loaded"]
+        if self.counters_kept:
+            parts.append(f"{len(self.counters_kept)} BatchNorm counters not in the file (kept)")
         for name in ("missing", "unexpected", "mismatched"):
             keys = getattr(self, name)
             if keys:
@@ -138,6 +148,18 @@ def _is_attention_key(key: str) -> bool:
     return ".attn." in key or ".bam." in key or key.split(".")[-2:-1] == ["bam"]
 
 
+def _counters_kept(missing: list[str], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The missing ``num_batches_tracked`` keys of BatchNorms whose statistics the file has.
+
+    Files saved before PyTorch 0.4.1 have no such counters. ``load_state_dict`` accepts
+    them without one (the BatchNorm keeps its current counter), so they are no error here.
+    """
+    suffix = "num_batches_tracked"
+    return [
+        k for k in missing if k.endswith(suffix) and k[: -len(suffix)] + "running_mean" in state
+    ]
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) -> LoadReport:
     """Load weights from ``path`` (file or URL) into ``model``, detecting the format.
 
@@ -167,14 +189,15 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     )
     fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     report.loaded = sorted(fits)
-    allowed_missing = [k for k in report.missing if fmt == "torchvision" and _is_attention_key(k)]
-    bad_missing = [k for k in report.missing if k not in allowed_missing]
+    report.counters_kept = _counters_kept(report.missing, fits)
+    report.missing = [k for k in report.missing if k not in report.counters_kept]
+    bad_missing = [k for k in report.missing if not (fmt == "torchvision" and _is_attention_key(k))]
     if strict and (bad_missing or report.unexpected or report.mismatched):
         raise CheckpointError(
             f"checkpoint {path} does not fit {type(model).__name__} ({fmt} format): "
             f"missing {bad_missing[:20]}, unexpected {report.unexpected[:20]}, "
             f"shape mismatch {report.mismatched[:20]}; pass strict=False for a partial load"
         )
-    model.load_state_dict(fits, strict=False)
+    model.load_state_dict(fits, strict=False)  # BatchNorm keeps a counter the file lacks
     log.info("%s", report.summary())
     return report
