@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ import torchvision
 
 from convattn import create_model, load_checkpoint
 from convattn.cli import main
+from convattn.engine.checkpoint import load_training_state
 from convattn.models import BasicBlock, Bottleneck, CheckpointError, ResNet, read_state_dict
 from convattn.models.weights import convert_authors_keys
 
@@ -316,14 +319,83 @@ def test_mismatch_lists_offending_keys_unless_partial(tmp_path):
         load_checkpoint(create_model("resnet18"), tmp_path / "r18_10.pth")
 
 
-def test_loading_never_runs_pickled_code(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+class _Evil:
+    def __reduce__(self):  # unpickling would call print
+        return (print, ("pwned",))
 
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception, match=r"(?i)weights_only|unsupported|global"):
-        read_state_dict(tmp_path / "evil.pt")
+
+class _Opaque:
+    """An arbitrary class: unpickling it would import and build it."""
+
+
+def _one_line_error(read, path):
+    with pytest.raises(CheckpointError) as err:
+        read(path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: ")
+    return msg
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("obj", [_Evil(), _Opaque()], ids=["reduce", "instance"])
+def test_a_pickle_of_python_objects_is_refused_in_one_line(tmp_path, capsys, legacy, obj):
+    path = tmp_path / "evil.pt"
+    ckpt = {"state_dict": {"w": torch.zeros(1)}, "x": obj}
+    torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
+    for read in (read_state_dict, load_training_state):
+        msg = _one_line_error(read, path)
+        assert "refused to unpickle" in msg and "would run code" in msg
+        assert ("print" if isinstance(obj, _Evil) else "_Opaque") in msg
+        assert "weights_only=False" in msg  # how to convert a trusted file
+    assert "pwned" not in capsys.readouterr().out
+    assert main(["convert", str(path), str(tmp_path / "w.safetensors"), "--model", "resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused to unpickle" in err
+
+
+def test_the_conversion_hint_for_a_trusted_pickle_works(tmp_path):
+    torch.save({"state_dict": {"w": torch.ones(2)}, "x": _Evil()}, tmp_path / "evil.pt")
+    msg = _one_line_error(read_state_dict, tmp_path / "evil.pt")
+    code = re.search(r'python -c "([^"]+)"', msg)[1]
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True)
+    assert torch.equal(read_state_dict(tmp_path / "weights.pt")["w"], torch.ones(2))
+
+
+def _damaged(tmp_path, kind):
+    """A file that is no checkpoint, or a checkpoint cut short."""
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(100)}, good, _use_new_zipfile_serialization=kind != "legacy")
+    data = {
+        "random": bytes(range(7, 250)),
+        "empty": b"",
+        "zip": good.read_bytes()[:300],
+        "legacy": good.read_bytes()[:300],
+    }[kind]
+    path = tmp_path / f"{kind}.pt"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("random", "not a PyTorch checkpoint: neither a zip archive nor a pickle"),
+        ("empty", "not a PyTorch checkpoint: an empty file"),
+        ("zip", "damaged, truncated or not written by torch.save (a torch.save zip archive"),
+        ("legacy", "damaged, truncated or not written by torch.save (a pickle (protocol 2)"),
+    ],
+    ids=["random", "empty", "zip", "legacy"],
+)
+def test_a_damaged_or_foreign_file_gives_one_line_naming_it(tmp_path, kind, expected):
+    path = _damaged(tmp_path, kind)
+    for read in (read_state_dict, load_training_state):
+        assert expected in _one_line_error(read, path)
+
+
+def test_a_damaged_safetensors_file_gives_one_line_naming_it(tmp_path):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(bytes(range(7, 250)))
+    assert "not a readable safetensors file" in _one_line_error(read_state_dict, path)
 
 
 def test_safetensors_and_our_checkpoint_round_trip(tmp_path):

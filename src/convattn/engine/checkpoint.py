@@ -3,7 +3,8 @@
 A checkpoint holds the model, optimiser, scheduler, AMP scaler and EMA states, the epoch,
 the best metric so far, every random generator's state and the resolved config. It is
 written to a temporary file in the same folder and renamed over the old one, so a crash
-mid-write never leaves a truncated checkpoint. Reading uses ``weights_only=True``.
+mid-write never leaves a truncated checkpoint. Reading goes through
+:func:`convattn.models.weights.read_torch_file` (``weights_only=True``, one-line errors).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..models.weights import read_torch_file
 
 __all__ = [
     "atomic_save",
@@ -70,11 +73,13 @@ def _tuples(x: Any) -> Any:
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint without executing pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a training checkpoint without executing pickled code.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        CheckpointError: the file is refused or unreadable (see ``read_torch_file``).
+    """
+    return read_torch_file(path)
 
 
 def export_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path, **meta: str) -> None:
