@@ -4,8 +4,9 @@ A checkpoint holds the model, optimiser, scheduler, AMP scaler and EMA states, w
 training stands (:class:`TrainState`: epochs done, steps and running sums of a stopped
 epoch, the best error, the last epoch's metrics record), every random generator's state
 and the resolved config. It is written to a temporary file in the same folder and renamed
-over the old one, so a crash mid-write never leaves a truncated checkpoint. Reading uses
-``weights_only=True``.
+over the old one, so a crash mid-write never leaves a truncated checkpoint. Reading goes
+through :func:`convattn.models.weights.read_torch_file` (``weights_only=True``, one-line
+errors).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..models.weights import read_torch_file
 from .config import Config, config_to_dict
 from .metrics import Meter
 
@@ -112,11 +114,13 @@ def _tuples(x: Any) -> Any:
 
 def load_training_state(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     """Read a training checkpoint without executing pickled code (``mmap``: tensors are
-    mapped, not read, for a look at the small entries)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    mapped, not read, for a look at the small entries).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        CheckpointError: the file is refused or unreadable (see ``read_torch_file``).
+    """
+    return read_torch_file(path, mmap=mmap)
 
 
 def save_training_state(path: Path, parts: TrainParts, state: TrainState, cfg: Config) -> None:

@@ -7,23 +7,34 @@ Formats (detected from the keys, never from the file name alone):
   ``<block>.cbam.ChannelGate.mlp.{1,3}.*`` (the two Linear layers) and
   ``<block>.cbam.SpatialGate.spatial.{conv,bn}.*``. Their backbone keys are torchvision's
   and their spatial pooling order (max, then mean) is ours, so only the gate names change.
+  The other entries beside ``state_dict`` (``epoch``, ``arch``, ``best_prec1``,
+  ``optimizer``) are ignored.
 - ``torchvision``: a torchvision ResNet/ResNeXt/WideResNet state dict. Backbone weights
   load; attention layers keep their initialisation and are listed in the report.
 - ``convattn``: our checkpoints (a dict with ``model``) or a plain state dict, as ``.pt``
   or ``.safetensors``.
 
-Files are read with ``torch.load(weights_only=True)`` (no pickled code runs) or
-safetensors. A mismatch raises :class:`CheckpointError` listing the offending keys unless
-``strict=False`` asks for a partial load.
+Files are read with safetensors or with :func:`read_torch_file`: ``torch.load`` with
+``weights_only=True``, of the zip or the legacy (PyTorch < 1.6) serialisation. No pickled
+code runs; a pickle holding other Python objects is refused, and so is a damaged file or
+one that is no checkpoint, each with a one-line :class:`CheckpointError` naming the file
+(for a refused pickle, with how to convert it if trusted).
+
+Files saved before PyTorch 0.4.1, such as the authors' 2018 checkpoints, have no BatchNorm
+``num_batches_tracked`` counters: as ``load_state_dict`` does, the model keeps its own
+(:attr:`LoadReport.counters_kept`). Any other mismatch raises :class:`CheckpointError`
+listing the offending keys unless ``strict=False`` asks for a partial load.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -36,6 +47,7 @@ __all__ = [
     "detect_format",
     "load_checkpoint",
     "read_state_dict",
+    "read_torch_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,7 +62,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointError(ValueError):
-    """The checkpoint does not fit the model; the message lists the offending keys."""
+    """The checkpoint cannot be read or does not fit the model (a one-line message)."""
 
 
 @dataclass
@@ -62,9 +74,14 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    #: ``num_batches_tracked`` counters of loaded BatchNorms that the file lacks (saved
+    #: before PyTorch 0.4.1); the model keeps its own, as ``load_state_dict`` does.
+    counters_kept: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.format} checkpoint: {len(self.loaded)} tensors loaded"]
+        if self.counters_kept:
+            parts.append(f"{len(self.counters_kept)} BatchNorm counters not in the file (kept)")
         for name in ("missing", "unexpected", "mismatched"):
             keys = getattr(self, name)
             if keys:
@@ -87,17 +104,92 @@ def _fetch(url: str) -> Path:
     return dest
 
 
+def read_torch_file(path: str | Path, *, mmap: bool = False) -> Any:
+    """``torch.load`` a local file onto the CPU with ``weights_only=True`` (``mmap``: map
+    the tensors of a zip-format file instead of reading them).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        CheckpointError: in one line naming the file, when it holds Python objects that
+            would run code when unpickled (refused) or is no readable ``torch.save`` file.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {file}")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except OSError:
+        raise
+    except Exception as err:  # damaged files raise many kinds (EOFError, KeyError, ...)
+        raise _load_error(file, err) from None
+
+
+def _kind_of_file(file: Path) -> str:
+    """What the first bytes say the file is."""
+    with file.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        return "an empty file"
+    if head == b"PK\x03\x04":
+        return "a torch.save zip archive"
+    if head[0] == pickle.PROTO[0] and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL:
+        return f"a pickle (protocol {head[1]})"
+    return "neither a zip archive nor a pickle"
+
+
+def _resave_hint(file: Path) -> str:
+    """How to turn a trusted pickle into a plain weights file."""
+    load = f"torch.load({str(file)!r}, weights_only=False)"
+    return (
+        "if you trust it, keep only its tensors: "
+        f"python -c \"import torch; torch.save({load}['state_dict'], 'weights.pt')\" "
+        "(name the entry that holds them, or call .state_dict() on a pickled model), "
+        "then load or convert weights.pt"
+    )
+
+
+def _load_error(file: Path, err: Exception) -> CheckpointError:
+    """One line for a file ``torch.load(weights_only=True)`` refused or could not read."""
+    kind, msg = _kind_of_file(file), str(err)
+    if not kind.startswith(("a torch.save", "a pickle")):
+        return CheckpointError(f"{file}: not a PyTorch checkpoint: {kind}")
+    found = re.search(r"GLOBAL (\S+)", msg)
+    if isinstance(err, pickle.UnpicklingError) and found:
+        return CheckpointError(
+            f"{file}: refused to unpickle: {kind} holding Python objects ({found[1]}) that "
+            f"would run code when loaded, not a plain weights file; {_resave_hint(file)}"
+        )
+    inner = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
+    if inner:
+        return CheckpointError(
+            f"{file}: {kind} that the weights-only unpickler cannot read "
+            f"({inner[1].strip()}): damaged, or written with pickle instructions it does not "
+            f"know; {_resave_hint(file)}"
+        )
+    cause = msg.strip().split("\n")[0].split(". ")[0] or type(err).__name__
+    if isinstance(err, EOFError):
+        cause = "it ends too early"
+    return CheckpointError(
+        f"{file}: damaged, truncated or not written by torch.save ({kind}: {cause})"
+    )
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except SafetensorError as err:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a file or URL and return its flat state dict (wrappers and prefixes removed)."""
     file = _fetch(str(path)) if _is_url(path) else Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint not found: {file}")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: object = load_file(str(file))
-    else:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+    obj = _read_safetensors(file) if file.suffix == ".safetensors" else read_torch_file(file)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):
@@ -138,6 +230,18 @@ def _is_attention_key(key: str) -> bool:
     return ".attn." in key or ".bam." in key or key.split(".")[-2:-1] == ["bam"]
 
 
+def _counters_kept(missing: list[str], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The missing ``num_batches_tracked`` keys of BatchNorms whose statistics the file has.
+
+    Files saved before PyTorch 0.4.1 have no such counters. ``load_state_dict`` accepts
+    them without one (the BatchNorm keeps its current counter), so they are no error here.
+    """
+    suffix = "num_batches_tracked"
+    return [
+        k for k in missing if k.endswith(suffix) and k[: -len(suffix)] + "running_mean" in state
+    ]
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) -> LoadReport:
     """Load weights from ``path`` (file or URL) into ``model``, detecting the format.
 
@@ -167,14 +271,15 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     )
     fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     report.loaded = sorted(fits)
-    allowed_missing = [k for k in report.missing if fmt == "torchvision" and _is_attention_key(k)]
-    bad_missing = [k for k in report.missing if k not in allowed_missing]
+    report.counters_kept = _counters_kept(report.missing, fits)
+    report.missing = [k for k in report.missing if k not in report.counters_kept]
+    bad_missing = [k for k in report.missing if not (fmt == "torchvision" and _is_attention_key(k))]
     if strict and (bad_missing or report.unexpected or report.mismatched):
         raise CheckpointError(
             f"checkpoint {path} does not fit {type(model).__name__} ({fmt} format): "
             f"missing {bad_missing[:20]}, unexpected {report.unexpected[:20]}, "
             f"shape mismatch {report.mismatched[:20]}; pass strict=False for a partial load"
         )
-    model.load_state_dict(fits, strict=False)
+    model.load_state_dict(fits, strict=False)  # BatchNorm keeps a counter the file lacks
     log.info("%s", report.summary())
     return report
