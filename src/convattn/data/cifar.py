@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from ..constants import CIFAR10_STATS, CIFAR100_STATS
 from ..layers._checks import check_choice
 from .folders import DatasetNotFoundError
 from .tensor import TensorImageDataset
@@ -20,10 +21,7 @@ from .tensor import TensorImageDataset
 __all__ = ["CIFAR_STATS", "load_cifar"]
 
 #: Per-channel (mean, std) of the training images.
-CIFAR_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
+CIFAR_STATS = {"cifar10": CIFAR10_STATS, "cifar100": CIFAR100_STATS}
 _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
 

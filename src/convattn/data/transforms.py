@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..layers._checks import check_choice, check_positive
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
     "normalize_transform",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STYLES = ("imagenet", "cifar", "none")
 AUTO_AUGMENTS = ("imagenet", "cifar10", "svhn", "randaugment", "trivialaugment")
 

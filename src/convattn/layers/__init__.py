@@ -4,7 +4,15 @@ from . import fused_cbam
 from .bam import BAM
 from .cbam import ARRANGEMENTS, CBAM
 from .channel import POOL_TYPES, ChannelAttention
-from .factory import ATTENTIONS, AttnLayer, attention_names, create_attention, get_attention
+from .factory import (
+    ATTENTIONS,
+    AttnLayer,
+    attention_names,
+    create_attention,
+    get_attention,
+    set_impl,
+)
+from .fused_cbam import IMPLS
 from .se import SqueezeExcite
 from .selective_kernel import SelectiveKernel
 from .spatial import SPATIAL_POOLINGS, SpatialAttention
@@ -15,6 +23,7 @@ __all__ = [
     "ATTENTIONS",
     "BAM",
     "CBAM",
+    "IMPLS",
     "POOL_TYPES",
     "SPATIAL_POOLINGS",
     "AttnLayer",
@@ -28,4 +37,5 @@ __all__ = [
     "fused_cbam",
     "get_attention",
     "radix_softmax",
+    "set_impl",
 ]

@@ -2,12 +2,16 @@
 
 from ._base import Backbone, FeatureInfo, init_weights
 from .blocks import BasicBlock, Bottleneck, SKBottleneck, SplitBottleneck
+from .create import create_model
 from .mobilenet import MobileNetV1
 from .profile import ModelProfile, count_parameters, profile
-from .registry import ModelSpec, create_model, get_model_spec, list_models, register_model
+from .registry import ModelSpec, get_model_spec, list_models, register_model
 from .resnet import ResNet
 from .surgery import add_attention, wrap_with_attention
 from .weights import CheckpointError, LoadReport, load_checkpoint, read_state_dict
+from .zoo import register_zoo
+
+register_zoo()
 
 __all__ = [
     "Backbone",

@@ -17,12 +17,11 @@ module on the BatchNorm output before the ReLU as in the ResNet blocks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers import create_attention
+from ..layers import create_attention, get_attention
 from ..layers.factory import AttnLayer
 from ._base import Backbone, FeatureInfo, init_weights
 
@@ -43,16 +42,14 @@ class DepthwiseSeparable(nn.Module):
         *,
         stride: int = 1,
         attn_layer: AttnLayer = None,
-        attn_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        kw = attn_kwargs or {}
-        self.attn_in = create_attention(attn_layer, cin, **kw) or nn.Identity()
+        self.attn_in = create_attention(attn_layer, cin) or nn.Identity()
         self.conv_dw = nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False)
         self.bn_dw = nn.BatchNorm2d(cin)
         self.conv_pw = nn.Conv2d(cin, cout, 1, bias=False)
         self.bn_pw = nn.BatchNorm2d(cout)
-        self.attn_pw = create_attention(attn_layer, cout, **kw) or nn.Identity()
+        self.attn_pw = create_attention(attn_layer, cout) or nn.Identity()
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +62,8 @@ class MobileNetV1(Backbone):
 
     Args:
         width_mult: alpha, multiplies every width (``int(c * alpha)``, as the paper).
-        attn_layer, attn_kwargs: attention before every depthwise and after every
-            pointwise conv.
+        attn_layer: attention before every depthwise and after every pointwise conv (a
+            name or a factory ``f(channels)``).
         num_classes, in_chans, drop_rate, features_only, out_indices: as
             :class:`~convattn.models.resnet.ResNet`.
     """
@@ -78,7 +75,6 @@ class MobileNetV1(Backbone):
         in_chans: int = 3,
         width_mult: float = 1.0,
         attn_layer: AttnLayer = None,
-        attn_kwargs: dict[str, Any] | None = None,
         drop_rate: float = 0.0,
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
@@ -86,7 +82,7 @@ class MobileNetV1(Backbone):
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        stem = int(32 * width_mult)
+        stem, attn = int(32 * width_mult), get_attention(attn_layer)
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, stem, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(stem),
@@ -100,9 +96,7 @@ class MobileNetV1(Backbone):
                 info.append(FeatureInfo(f"layer{len(stages)}", cin, reduction))
                 stages.append([])
                 reduction *= 2
-            block = DepthwiseSeparable(
-                cin, cout, stride=stride, attn_layer=attn_layer, attn_kwargs=attn_kwargs
-            )
+            block = DepthwiseSeparable(cin, cout, stride=stride, attn_layer=attn)
             stages[-1].append(block)
             cin = cout
         info.append(FeatureInfo(f"layer{len(stages)}", cin, reduction))

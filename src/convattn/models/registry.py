@@ -1,8 +1,9 @@
 """The model registry: names -> builders with the arguments each name fixes.
 
-``create_model("resnet50_cbam")`` is ``ResNet(Bottleneck, (3, 4, 6, 3), attn_layer="cbam")``
-plus the metadata of its registry entry (default input size, normalisation, and the
-paper's parameter count and GFLOPs where it gives them).
+An entry (:class:`ModelSpec`) holds the builder, the arguments its name fixes and the
+metadata of the model (default input size, normalisation, and the paper's parameter
+count and GFLOPs where it gives them). :mod:`convattn.models.zoo` fills the registry and
+:func:`convattn.models.create_model` builds from it; this module depends on neither.
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ import difflib
 import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-__all__ = ["ModelSpec", "create_model", "get_model_spec", "list_models", "register_model"]
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["ModelSpec", "get_model_spec", "list_models", "register_model"]
 
 
 @dataclass(frozen=True)
@@ -69,61 +68,13 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching the shell-style ``pattern`` (e.g. ``"*cbam"``), sorted."""
-    _ensure_zoo()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_model_spec(name: str) -> ModelSpec:
     """The registry entry of ``name``; an unknown name raises with the closest names."""
-    _ensure_zoo()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f"; closest: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown model {name!r}{hint} (see convattn.list_models())")
     return _REGISTRY[name]
-
-
-def create_model(
-    name: str,
-    *,
-    num_classes: int | None = None,
-    checkpoint_path: str | Path | None = None,
-    strict: bool = True,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build a registered model.
-
-    Args:
-        name: a name from :func:`list_models`.
-        num_classes: classifier outputs; default the entry's (1000 for ImageNet models,
-            10 for CIFAR models).
-        checkpoint_path: weights to load: a file (authors' CBAM checkpoint, torchvision
-            state dict, convattn checkpoint or ``.safetensors``) or a URL (fetched once
-            into the torch hub cache). See :func:`convattn.load_checkpoint`.
-        strict: with a checkpoint, refuse missing/unexpected keys other than the
-            attention layers a torchvision backbone lacks.
-        **kwargs: builder arguments (e.g. ``attn_kwargs={"kernel_size": 3}``,
-            ``features_only=True``, ``zero_init_last=True``). A keyword that the name
-            already fixes (``resnet50_cbam`` with ``attn_layer="se"``) raises ``ValueError``.
-    """
-    spec = get_model_spec(name)
-    for key, value in kwargs.items():
-        if key in spec.fixed and spec.fixed[key] != value:
-            raise ValueError(
-                f"{name!r} fixes {key}={spec.fixed[key]!r}; got {key}={value!r}. "
-                "Pick the registered name that has it, or build the class directly."
-            )
-    args = {**spec.fixed, **kwargs}
-    model = spec.builder(
-        num_classes=spec.num_classes if num_classes is None else num_classes, **args
-    )
-    model.pretrained_cfg = spec  # type: ignore[assignment]
-    if checkpoint_path is not None:
-        from .weights import load_checkpoint
-
-        load_checkpoint(model, checkpoint_path, strict=strict)
-    return model
-
-
-def _ensure_zoo() -> None:
-    from . import zoo  # noqa: F401  (importing registers the models)

@@ -8,20 +8,21 @@ the CIFAR ResNets (3x3 stem without max-pool; He et al.'s 6n+2 networks with the
 parameter-free "option A" shortcut) differ only in constructor arguments.
 
 Attention: ``attn_layer`` goes into every block (CBAM, SE: Woo et al., ECCV 2018,
-Fig. 3); ``stage_attn`` goes after every stage but the last (BAM: Park et al., BMVC 2018,
-Fig. 1), as the module ``layer<i>.bam``.
+Fig. 3); ``stage_attn_layer`` goes after every stage but the last (BAM: Park et al.,
+BMVC 2018, Fig. 1), as the module ``layer<i>.attn`` (``layer<i>.bam`` in checkpoints of
+earlier versions, renamed when they load). Each is a name or a factory ``f(channels)``
+(e.g. ``functools.partial(CBAM, kernel_size=3)``; see :func:`convattn.layers.get_attention`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers import create_attention
+from ..layers import get_attention
 from ..layers.factory import AttnLayer
 from ._base import Backbone, FeatureInfo, init_weights
 from .blocks import BasicBlock, Bottleneck, conv3x3, make_shortcut
@@ -49,8 +50,8 @@ class ResNet(Backbone):
         groups, base_width: ResNeXt cardinality and width per group.
         stride_in_1x1: stride in the bottleneck's first 1x1 conv (original ResNet layout,
             the one the CBAM paper's GFLOPs count) instead of the 3x3.
-        attn_layer, attn_kwargs: attention in every block (name, class or None).
-        stage_attn, stage_attn_kwargs: attention after every stage but the last (BAM).
+        attn_layer: attention in every block (name, factory or None).
+        stage_attn_layer: attention after every stage but the last (BAM).
         zero_init_last: zero the last BN of each block.
         drop_rate: dropout before the classifier.
         features_only, out_indices: return the outputs of these stages instead of logits.
@@ -72,9 +73,7 @@ class ResNet(Backbone):
         base_width: int = 64,
         stride_in_1x1: bool = False,
         attn_layer: AttnLayer = None,
-        attn_kwargs: dict[str, Any] | None = None,
-        stage_attn: AttnLayer = None,
-        stage_attn_kwargs: dict[str, Any] | None = None,
+        stage_attn_layer: AttnLayer = None,
         zero_init_last: bool = False,
         drop_rate: float = 0.0,
         features_only: bool = False,
@@ -86,6 +85,7 @@ class ResNet(Backbone):
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
         self._build_stem(stem, in_chans, stem_width)
+        block_attn, stage_attn = get_attention(attn_layer), get_attention(stage_attn_layer)
         reduction = 1 if stem == "cifar" else 4
         inplanes, info = stem_width, []
         for i, (n, width) in enumerate(zip(layers, widths, strict=True)):
@@ -102,15 +102,12 @@ class ResNet(Backbone):
                     downsample=make_shortcut(shortcut, inplanes, planes * block.expansion, s),
                     groups=groups,
                     base_width=base_width,
-                    attn_layer=attn_layer,
-                    attn_kwargs=attn_kwargs,
+                    attn_layer=block_attn,
                     stride_in_1x1=stride_in_1x1,
                 )
                 inplanes = planes * block.expansion
-            if i < len(layers) - 1:
-                bam = create_attention(stage_attn, inplanes, **(stage_attn_kwargs or {}))
-                if bam is not None:
-                    blocks["bam"] = bam
+            if i < len(layers) - 1 and stage_attn is not None:
+                blocks["attn"] = stage_attn(inplanes)
             setattr(self, f"layer{i + 1}", nn.Sequential(blocks))
             info.append(FeatureInfo(f"layer{i + 1}", inplanes, reduction))
         init_weights(self, zero_init_last=zero_init_last)

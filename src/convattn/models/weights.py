@@ -40,9 +40,12 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..layers.factory import ATTENTIONS
+
 __all__ = [
     "CheckpointError",
     "LoadReport",
+    "attention_keys",
     "convert_authors_keys",
     "detect_format",
     "load_checkpoint",
@@ -206,12 +209,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def attention_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of ``model``'s attention modules (those the attention factory
+    builds: CBAM, SE, BAM, channel and spatial attention), wherever they sit."""
+    kinds = tuple(t for t in ATTENTIONS.values() if isinstance(t, type))
+    prefixes = tuple(f"{n}." for n, m in model.named_modules() if n and isinstance(m, kinds))
+    return {k for k in model.state_dict() if k.startswith(prefixes)} if prefixes else set()
+
+
 def detect_format(state: Mapping[str, torch.Tensor], model: nn.Module) -> str:
-    """ "authors", "torchvision" (no attention keys, model has some) or "convattn"."""
+    """ "authors", "torchvision" (none of the model's attention keys) or "convattn"."""
     if any(".cbam.ChannelGate." in k or ".cbam.SpatialGate." in k for k in state):
         return "authors"
-    model_attn = {k for k in model.state_dict() if _is_attention_key(k)}
-    if model_attn and not any(_is_attention_key(k) for k in state):
+    attn = attention_keys(model)
+    if attn and attn.isdisjoint(_rename_stage_attention(state, model.state_dict())):
         return "torchvision"
     return "convattn"
 
@@ -226,8 +237,15 @@ def convert_authors_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def _is_attention_key(key: str) -> bool:
-    return ".attn." in key or ".bam." in key or key.split(".")[-2:-1] == ["bam"]
+def _rename_stage_attention(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Stage attention was ``layer<i>.bam`` before it became ``layer<i>.attn``."""
+    out = {}
+    for k, v in state.items():
+        new = re.sub(r"^(layer\d+)\.bam\.", r"\1.attn.", k)
+        out[new if new != k and k not in own and new in own else k] = v
+    return out
 
 
 def _counters_kept(missing: list[str], state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -261,6 +279,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     if fmt == "authors":
         state = convert_authors_keys(state)
     own = model.state_dict()
+    state = _rename_stage_attention(state, own)
     report = LoadReport(fmt)
     report.unexpected = sorted(k for k in state if k not in own)
     report.missing = sorted(k for k in own if k not in state)
@@ -273,7 +292,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     report.loaded = sorted(fits)
     report.counters_kept = _counters_kept(report.missing, fits)
     report.missing = [k for k in report.missing if k not in report.counters_kept]
-    bad_missing = [k for k in report.missing if not (fmt == "torchvision" and _is_attention_key(k))]
+    may_miss = attention_keys(model) if fmt == "torchvision" else set()
+    bad_missing = [k for k in report.missing if k not in may_miss]
     if strict and (bad_missing or report.unexpected or report.mismatched):
         raise CheckpointError(
             f"checkpoint {path} does not fit {type(model).__name__} ({fmt} format): "
