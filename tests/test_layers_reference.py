@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import reference as ref
 from convattn.layers import (
@@ -18,6 +19,7 @@ from convattn.layers import (
     SplitAttentionConv,
     SqueezeExcite,
 )
+from convattn.layers.channel import pool_hw
 
 
 def _x(*shape, seed=1):
@@ -70,6 +72,32 @@ def test_channel_attention_matches_reference(pools):
     ca = ref.randomize_(ChannelAttention(20, reduction=4, pool_types=pools).double())
     want = x.numpy() * ref.channel_gate(x.numpy(), ca, pools)
     np.testing.assert_allclose(ca(x).detach().numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_lp_pool_value_and_gradient_equal_lp_pool2d_on_zero_and_nonzero_channels():
+    # A post-ReLU map can have an all-zero channel: there sqrt(sum x^2) has an infinite
+    # derivative and F.lp_pool2d gives the input gradient 0, elsewhere g * x / ||x||.
+    x = torch.relu(_x(2, 4, 3, 5))
+    x[0, 1] = 0.0
+    x[1, 3] = 0.0
+    x[1, 0] = 0.0
+    x[1, 0, 2, 4] = 0.7  # a single non-zero value: gradient g at it
+    x.requires_grad_()
+    g = _x(2, 4, seed=2)
+    got = pool_hw(x, "lp")
+    (gx,) = torch.autograd.grad(got, x, g)
+    want = F.lp_pool2d(x, 2, kernel_size=(3, 5)).flatten(1)
+    (gx_want,) = torch.autograd.grad(want, x, g)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    assert torch.isfinite(gx).all()
+    torch.testing.assert_close(gx, gx_want, rtol=1e-12, atol=1e-15)
+    xn = x.detach().numpy()
+    norm = np.sqrt((xn**2).sum(axis=(2, 3), keepdims=True))
+    unit = np.divide(xn, norm, out=np.zeros_like(xn), where=norm > 0)
+    by_hand = unit * g.numpy()[..., None, None]
+    np.testing.assert_allclose(gx.numpy(), by_hand, rtol=1e-12, atol=1e-15)
+    assert (gx[0, 1] == 0).all() and (gx[1, 3] == 0).all()
+    assert gx[1, 0, 2, 4].item() == pytest.approx(g[1, 0].item(), rel=1e-12)
 
 
 def test_squeeze_excite_is_avg_pool_channel_attention():
