@@ -78,15 +78,20 @@ def channel_gate(x, ca, pools):
     return sigmoid(logits)[:, :, None, None]
 
 
-def spatial_gate(x, sa, *, training=False):
-    """Ms = sigmoid(BN(conv([max_c; mean_c]))) or its conv1x1 / no-BN variants."""
+def spatial_logits(x, sa):
+    """conv([max_c; mean_c]) (or conv(conv1x1(x))), the spatial map before BN: (N, 1, H, W)."""
     if sa.compress is not None:
         pooled = conv2d(x, arr(sa.compress.weight), arr(sa.compress.bias))
     else:
         pooled = np.concatenate([x.max(axis=1, keepdims=True), x.mean(axis=1, keepdims=True)], 1)
     k = sa.conv.weight.shape[-1]
     bias = None if sa.conv.bias is None else arr(sa.conv.bias)
-    s = conv2d(pooled, arr(sa.conv.weight), bias, padding=k // 2)
+    return conv2d(pooled, arr(sa.conv.weight), bias, padding=k // 2)
+
+
+def spatial_gate(x, sa, *, training=False):
+    """Ms = sigmoid(BN(conv([max_c; mean_c]))) or its conv1x1 / no-BN variants."""
+    s = spatial_logits(x, sa)
     if sa.bn is not None:
         s = batchnorm(s, sa.bn, training=training)
     return sigmoid(s)

@@ -187,14 +187,24 @@ def test_cbam_matches_reference(arrangement, spatial, training, impl, fused_call
     assert _ran(impl, fused_calls)
 
 
-def test_cbam_training_updates_spatial_running_stats_with_momentum_001():
+@IMPLS
+@pytest.mark.parametrize("start", ["init", "random"])
+def test_cbam_training_updates_spatial_running_stats_with_momentum_001(start, impl, fused_calls):
+    # running = 0.99 * running + 0.01 * batch statistic of the spatial conv output s (over
+    # N, H, W; the unbiased variance for running_var), s computed by the reference.
     m = CBAM(16).double().train()
-    x = _x(4, 16, 5, 5)
-    m(x)
-    # running_mean = 0.99 * 0 + 0.01 * batch mean of the conv output.
-    with torch.no_grad():
-        s = m.spatial.conv(m.spatial.pool(x * m.channel.gate(x)))
-    assert m.spatial.bn.running_mean.item() == pytest.approx(0.01 * s.mean().item(), rel=1e-9)
+    bn = m.spatial.bn
+    mean0, var0 = 0.0, 1.0  # BatchNorm's initial running statistics
+    if start == "random":  # random weights, running statistics away from 0 and 1
+        ref.randomize_(m)
+        mean0, var0 = bn.running_mean.item(), bn.running_var.item()
+    x = _x(4, 16, 5, 5).numpy()
+    s = ref.spatial_logits(x * ref.channel_gate(x, m.channel, ("avg", "max")), m.spatial)
+    _pin(m, impl, fused_calls)(torch.from_numpy(x))
+    assert _ran(impl, fused_calls)
+    assert bn.running_mean.item() == pytest.approx(0.99 * mean0 + 0.01 * s.mean(), rel=1e-10)
+    assert bn.running_var.item() == pytest.approx(0.99 * var0 + 0.01 * s.var(ddof=1), rel=1e-10)
+    assert bn.num_batches_tracked.item() == 1
 
 
 def test_bam_matches_reference():
