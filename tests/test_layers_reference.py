@@ -207,25 +207,30 @@ def test_cbam_training_updates_spatial_running_stats_with_momentum_001(start, im
     assert bn.num_batches_tracked.item() == 1
 
 
-def test_bam_matches_reference():
-    x = _x(2, 32, 9, 9)
-    m = ref.randomize_(BAM(32, reduction=4).double()).eval()
-    np.testing.assert_allclose(m(x).detach().numpy(), ref.bam(x.numpy(), m), rtol=1e-9, atol=1e-11)
-
-
-@pytest.mark.parametrize("stride,groups,branches", [(1, 1, 2), (2, 4, 2), (1, 2, 3)])
-def test_selective_kernel_matches_reference(stride, groups, branches):
-    x = _x(2, 8, 7, 6)
-    m = SelectiveKernel(8, 16, stride=stride, groups=groups, branches=branches, min_dim=4)
-    m = ref.randomize_(m.double()).eval()
-    want = ref.selective_kernel(x.numpy(), m)
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("r,d", [(4, 4), (8, 2)])
+def test_bam_matches_reference(r, d, training):
+    x = _x(3, 32, 9, 9)
+    m = ref.randomize_(BAM(32, reduction=r, dilation=d).double()).train(training)
+    want = ref.bam(x.numpy(), m, r=r, d=d, training=training)
     np.testing.assert_allclose(m(x).detach().numpy(), want, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("stride,groups,branches", [(1, 1, 2), (2, 4, 2), (1, 2, 3)])
+def test_selective_kernel_matches_reference(stride, groups, branches, training):
+    x = _x(3, 8, 7, 6)
+    m = SelectiveKernel(8, 16, stride=stride, groups=groups, branches=branches, min_dim=4)
+    m = ref.randomize_(m.double()).train(training)
+    want = ref.selective_kernel(x.numpy(), m, training=training)
+    np.testing.assert_allclose(m(x).detach().numpy(), want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("radix,groups,stride", [(2, 1, 1), (2, 2, 2), (4, 2, 1), (1, 2, 1)])
-def test_split_attention_matches_reference(radix, groups, stride):
-    x = _x(2, 16, 6, 5)
+def test_split_attention_matches_reference(radix, groups, stride, training):
+    x = _x(3, 16, 6, 5)
     m = SplitAttentionConv(16, 8, radix=radix, groups=groups, stride=stride, min_dim=4)
-    m = ref.randomize_(m.double()).eval()
-    want = ref.split_attention(x.numpy(), m)
+    m = ref.randomize_(m.double()).train(training)
+    want = ref.split_attention(x.numpy(), m, training=training)
     np.testing.assert_allclose(m(x).detach().numpy(), want, rtol=1e-9, atol=1e-11)
