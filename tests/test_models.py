@@ -246,8 +246,35 @@ def test_create_model_errors():
     assert m.layer1[0].attn.spatial.conv.kernel_size == (3, 3)
 
 
-def test_registry_metadata():
-    spec = get_model_spec("cifar_resnet20_cbam")
-    assert spec.input_size == (3, 32, 32) and spec.num_classes == 10
-    assert get_model_spec("resnet50_cbam").paper_top1_err == 22.66
-    assert create_model("cifar_resnet20").pretrained_cfg.name == "cifar_resnet20"
+# ImageNet top-1 / top-5 error (%) of the CBAM paper's Table 4, the only models with errors.
+PAPER_ERRORS = {
+    "resnet50": (24.56, 7.50),
+    "resnet50_se": (23.14, 6.70),
+    "resnet50_cbam": (22.66, 6.31),
+    "resnet101": (23.38, 6.88),
+    "resnet101_cbam": (21.51, 5.69),
+    "wide_resnet18_2": (25.63, 8.20),
+    "wide_resnet18_2_cbam": (24.84, 7.63),
+    "resnext50_32x4d": (22.85, 6.48),
+    "resnext50_32x4d_cbam": (21.92, 5.91),
+    "mobilenet_v1": (31.39, 11.51),
+    "mobilenet_v1_cbam": (29.01, 9.99),
+}
+
+
+def test_registry_carries_table_4_errors_and_no_others():
+    for name in ALL:
+        spec = get_model_spec(name)
+        got = (spec.paper_top1_err, spec.paper_top5_err)
+        assert got == PAPER_ERRORS.get(name, (None, None)), name
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20_cbam", "mobilenet_v1_0p7_se"])
+def test_model_carries_its_spec_and_maps_its_input_size_to_its_classes(name):
+    model = cached_model(name).eval()
+    spec = model.pretrained_cfg
+    assert spec is get_model_spec(name)
+    with torch.no_grad():
+        out = model(torch.zeros(1, *spec.input_size))
+    assert out.shape == (1, spec.num_classes)
+    assert spec.num_classes == (10 if name.startswith("cifar") else 1000)
