@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -70,18 +71,34 @@ def test_train_on_a_folder_skips_and_counts_a_corrupt_file_then_evaluate(tmp_pat
     assert metrics["samples"] == 16 and metrics["top1_err"] == pytest.approx(record["val_top1_err"])
 
 
-def test_demo_quick_trains_three_models_and_prints_the_table(tmp_path, capsys):
+def test_demo_quick_trains_three_models_and_prints_their_summaries(tmp_path, capsys):
     assert main(["demo", "--quick", "--no-progress", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for name in ("cifar_resnet20 ", "cifar_resnet20_se", "cifar_resnet20_cbam"):
-        assert name in out
+    models = ["cifar_resnet20", "cifar_resnet20_se", "cifar_resnet20_cbam"]
     (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("demo-")
     rows = json.loads((folder / "summary.json").read_text())
-    assert [r["model"] for r in rows] == [
-        "cifar_resnet20",
-        "cifar_resnet20_se",
-        "cifar_resnet20_cbam",
+    assert [r["model"] for r in rows] == models
+    # | model | params (M) | GFLOPs | top-1 err (%) | top-5 err (%) | train img/s | eval img/s |
+    printed = [
+        line.strip("|").split("|") for line in out.splitlines() if line.startswith("| cifar")
     ]
+    assert [cells[0].strip() for cells in printed] == models
+    for cells, row in zip(printed, rows, strict=True):
+        assert json.loads((folder / row["model"] / "summary.json").read_text()) == [row]
+        params, gflops, top1, top5, train_ips, eval_ips = (float(c) for c in cells[1:])
+        assert all(math.isfinite(v) for v in (params, gflops, top1, top5, train_ips, eval_ips))
+        assert params > 0 and gflops > 0 and train_ips > 0 and eval_ips > 0
+        assert 0 <= top5 <= top1 <= 100
+        for value, key, digits in (
+            (params, "params_m", 2),
+            (gflops, "gmacs", 3),
+            (top1, "top1_err", 2),
+            (top5, "top5_err", 2),
+        ):
+            assert value == round(row[key], digits), key
+    # SE adds the channel MLPs to the baseline, CBAM also the spatial convolutions.
+    assert rows[0]["params_m"] < rows[1]["params_m"] < rows[2]["params_m"]
 
 
 def test_models_and_summary(capsys):

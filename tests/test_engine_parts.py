@@ -1,9 +1,16 @@
-"""Engine parts checked by hand: metrics, precise BN, atomic checkpoints, summary table."""
+"""Engine parts checked by hand or against plain PyTorch: metrics, precise BN, atomic
+checkpoints, synchronised BatchNorm over two processes, summary table."""
 
 from __future__ import annotations
 
+import datetime
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from convattn.engine.checkpoint import (
@@ -80,13 +87,99 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == want
 
 
-def test_group_batchnorm_equals_batchnorm_without_a_process_group():
-    bn = nn.BatchNorm2d(3)
-    model = convert_sync_batchnorm(nn.Sequential(nn.Conv2d(2, 3, 1), bn), torch.device("cpu"))
-    assert isinstance(model[1], GroupBatchNorm)
-    x = torch.randn(4, 2, 5, 5)
-    ref = nn.BatchNorm2d(3)
-    torch.testing.assert_close(model[1](model[0](x)), ref(model[0](x)))
+def test_convert_sync_batchnorm_keeps_parameters_statistics_and_mode():
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3, momentum=0.3), nn.BatchNorm1d(4))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+    model[2].eval()
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    model = convert_sync_batchnorm(model, torch.device("cpu"))
+    assert [type(m) for m in model] == [nn.Conv2d, GroupBatchNorm, GroupBatchNorm]
+    assert (model[1].momentum, model[1].training, model[2].training) == (0.3, True, False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, want[k]), k
+
+
+def _group_bn_step(x: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One training step of GroupBatchNorm on this process's part ``x`` of the batch, with
+    output gradient ``g``: output, input gradient, parameter gradients, running stats."""
+    bn = GroupBatchNorm(3, momentum=0.5).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    x = x.clone().requires_grad_()
+    y = bn(x)
+    y.backward(g)
+    return {
+        "y": y.detach(),
+        "gx": x.grad,
+        "gw": bn.weight.grad,
+        "gb": bn.bias.grad,
+        "running_mean": bn.running_mean,
+        "running_var": bn.running_var,
+    }
+
+
+_RANK1 = """
+import sys, datetime, torch, torch.distributed as dist
+from test_engine_parts import _group_bn_step
+init, inputs, out = sys.argv[1:]
+dist.init_process_group("gloo", init_method=init, rank=1, world_size=2,
+                        timeout=datetime.timedelta(seconds=120))
+try:
+    torch.save(_group_bn_step(*torch.load(inputs)), out)
+finally:
+    dist.destroy_process_group()
+"""
+
+
+def test_group_batchnorm_over_two_processes_equals_batchnorm_on_the_joined_batch(tmp_path):
+    # Two gloo processes hold 3 and 2 samples of one batch: outputs and input gradients
+    # must be those of BatchNorm on all 5 samples, the per-process parameter gradients
+    # must sum to its gradients, and both running statistics (the unbiased variance of
+    # all 5 samples) must be its own.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 4, 2, generator=gen, dtype=torch.float64) * 3 + 1
+    g = torch.randn(5, 3, 4, 2, generator=gen, dtype=torch.float64)
+    torch.save((x[3:], g[3:]), tmp_path / "rank1_in.pt")
+    init = (tmp_path / "store").as_uri()
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([tests, env.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-c", _RANK1, init, str(tmp_path / "rank1_in.pt")]
+    child = subprocess.Popen(
+        [*argv, str(tmp_path / "rank1_out.pt")], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        timeout = datetime.timedelta(seconds=120)
+        dist.init_process_group("gloo", init_method=init, rank=0, world_size=2, timeout=timeout)
+        try:
+            got = [_group_bn_step(x[:3], g[:3])]
+        finally:
+            dist.destroy_process_group()
+    finally:
+        _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err.decode()
+    got.append(torch.load(tmp_path / "rank1_out.pt"))
+
+    ref = nn.BatchNorm2d(3, momentum=0.5).double()
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        ref.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    xr = x.clone().requires_grad_()
+    y = ref(xr)
+    y.backward(g)
+    close = {"rtol": 1e-10, "atol": 1e-12}
+    torch.testing.assert_close(torch.cat([r["y"] for r in got]), y.detach(), **close)
+    torch.testing.assert_close(torch.cat([r["gx"] for r in got]), xr.grad, **close)
+    torch.testing.assert_close(got[0]["gw"] + got[1]["gw"], ref.weight.grad, **close)
+    torch.testing.assert_close(got[0]["gb"] + got[1]["gb"], ref.bias.grad, **close)
+    for r in got:
+        torch.testing.assert_close(r["running_mean"], ref.running_mean, **close)
+        torch.testing.assert_close(r["running_var"], ref.running_var, **close)
 
 
 def test_summary_table_layout():

@@ -1,8 +1,9 @@
 """Residual blocks with the fused block tail (the last BatchNorm, the attention, the residual
 addition and the ReLU in the fused kernels) against the same blocks run eagerly: outputs,
 the gradients of the input (and through it the shortcut) and of every parameter, BatchNorm
-running statistics and ``num_batches_tracked``; which parts were folded is checked on the
-operator's arguments, so a test cannot pass by running eager twice."""
+running statistics and ``num_batches_tracked``, and their gradients against finite
+differences (gradcheck); which parts were folded is checked on the operator's arguments, so
+a test cannot pass by running eager twice."""
 
 from __future__ import annotations
 
@@ -302,3 +303,26 @@ def test_training_steps_of_a_network_match_eager_in_float64(calls):
     want, got = eager.state_dict(), fused.state_dict()
     for name, w in want.items():
         torch.testing.assert_close(got[name], w, atol=1e-12, rtol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("attn", ["cbam", "se"])
+def test_gradcheck_of_a_block_with_the_fused_tail(attn, train, calls):
+    """float64 gradcheck of a block whose tail (the folded last BatchNorm, the attention,
+    the addition and the ReLU) runs in the fused kernels: the gradients of the block input
+    and of every parameter against finite differences, with the BatchNorm on batch
+    statistics (training) and on running statistics (evaluation). In training mode the
+    running statistics drift over gradcheck's many calls, but no output reads them."""
+    name, kw = ATTNS[attn]
+    kw = {**kw, "reduction": 2, **({"kernel_size": 3} if name == "cbam" else {})}
+    _, block = _pair(_block("basic", 4, 4, 1, name, **kw), torch.float64, train)
+    names = [n for n, _ in block.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in block.parameters()]
+
+    def f(x, *ps):
+        return torch.func.functional_call(block, dict(zip(names, ps, strict=True)), (x,))
+
+    x = _x(2, 4, 4, 3).requires_grad_()
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
+    assert set(calls["forward"]) == {(2 if train else 1, True, True)}  # every call fused
+    assert calls["backward"] > 0

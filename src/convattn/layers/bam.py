@@ -17,6 +17,11 @@ Deviations and choices:
   convolutions' biases): the BatchNorm subtracts the batch mean, so such a bias would
   receive no gradient and change nothing.
 - The MLP's hidden layer uses ReLU, as the authors' code.
+- The channel BatchNorm is on the MLP's output, as the paper's Eq. (2) writes it; the
+  authors' code puts its channel BatchNorm on the hidden layer instead (Linear, BatchNorm1d
+  over C/r, ReLU, Linear with bias) and has none on the output. Likewise its spatial
+  branch ends with the 1x1 convolution (with bias) and no BatchNorm; we keep the paper's
+  outer BatchNorm there too.
 - Both BatchNorms run over the batch: in training mode an input with N = 1 and
   1 x 1 spatial size has a single value per channel and BatchNorm raises, as any
   BatchNorm does. Evaluation mode works for every N.

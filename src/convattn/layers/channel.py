@@ -7,7 +7,8 @@ https://arxiv.org/abs/1807.06521, Sec. 3, Eq. (2):
 The MLP (``W0``: C -> C/r, ReLU, ``W1``: C/r -> C) is shared by every pooled vector and
 has biases, as in the authors' code (their ImageNet parameter counts include them).
 Besides the paper's average and max pooling, the authors' code offers LP pooling
-(power 2, ``sqrt(sum x^2)``) and log-sum-exp pooling; any non-empty subset may be summed.
+(power 2, ``sqrt(sum x^2)``, with gradient 0 on an all-zero channel as ``F.lp_pool2d``)
+and log-sum-exp pooling; any non-empty subset may be summed.
 
 Deviations: pooling uses plain reductions (``mean``/``amax``/``logsumexp`` over H, W)
 instead of adaptive pooling modules, so the module exports to ONNX and works under AMP with
@@ -41,10 +42,18 @@ def pool_hw(x: torch.Tensor, pool_type: str) -> torch.Tensor:
     if pool_type == "max":
         return x.amax(dim=(2, 3))
     if pool_type == "lp":  # LP pooling with p = 2 over the whole map, as F.lp_pool2d
-        return x.square().sum(dim=(2, 3)).sqrt()
+        return _sqrt_zero_grad_at_zero(x.square().sum(dim=(2, 3)))
     if pool_type == "lse":
         return torch.logsumexp(x, dim=(2, 3))
     raise ValueError(f"unknown pool type {pool_type!r}; valid: {POOL_TYPES}")
+
+
+def _sqrt_zero_grad_at_zero(s: torch.Tensor) -> torch.Tensor:
+    """``sqrt(s)`` for ``s >= 0`` with gradient 0 where ``s == 0``, as ``F.lp_pool2d`` (an
+    all-zero channel, common after a ReLU, would otherwise get ``0 * inf = nan``). Plain
+    ``where`` operations, so tracing, export and ``torch.compile`` see ordinary ops."""
+    positive = s > 0
+    return torch.where(positive, torch.where(positive, s, 1.0).sqrt(), 0.0)
 
 
 def _check_pool_types(pool_types: Sequence[str]) -> tuple[str, ...]:
