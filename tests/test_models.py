@@ -215,10 +215,10 @@ def test_attention_sits_after_last_bn_before_residual_add():
 
 def test_bam_sits_between_stages_only():
     model = create_model("resnet50_bam")
-    assert [n for n, _ in model.named_modules() if n.endswith(".bam")] == [
-        "layer1.bam",
-        "layer2.bam",
-        "layer3.bam",
+    assert [n for n, m in model.named_modules() if isinstance(m, BAM)] == [
+        "layer1.attn",
+        "layer2.attn",
+        "layer3.attn",
     ]
 
 
@@ -272,7 +272,7 @@ def test_registry_carries_table_4_errors_and_no_others():
 @pytest.mark.parametrize("name", ["cifar_resnet20_cbam", "mobilenet_v1_0p7_se"])
 def test_model_carries_its_spec_and_maps_its_input_size_to_its_classes(name):
     model = cached_model(name).eval()
-    spec = model.pretrained_cfg
+    spec = model.spec
     assert spec is get_model_spec(name)
     with torch.no_grad():
         out = model(torch.zeros(1, *spec.input_size))
