@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from .._validate import check_choice
 from ..constants import CIFAR10_STATS, CIFAR100_STATS
-from ..layers._checks import check_choice
 from .folders import DatasetNotFoundError
 from .tensor import TensorImageDataset
 

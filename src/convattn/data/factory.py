@@ -29,7 +29,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..layers._checks import check_choice, check_positive
+from .._validate import check_choice, check_positive
 from .archive import extract_archive, is_archive
 from .cache import resolve_cache_dir
 from .cifar import CIFAR_STATS, load_cifar

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .._seed import mix_seed
-from ..layers._checks import check_positive
+from .._validate import check_positive
 from .mix import BatchCollate, Mix
 
 __all__ = ["EpochSampler", "build_loader", "set_epoch"]

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-from ..layers._checks import check_positive
+from .._validate import check_positive
 
 __all__ = ["BatchCollate", "Mix", "build_mix"]
 

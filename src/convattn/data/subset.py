@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..layers._checks import check_positive
+from .._validate import check_positive
 
 __all__ = ["dataset_targets", "stratified_indices", "stratified_subset"]
 

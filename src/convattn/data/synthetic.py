@@ -31,7 +31,7 @@ import functools
 import numpy as np
 import torch
 
-from ..layers._checks import check_choice, check_positive
+from .._validate import check_choice, check_positive
 from .tensor import TensorImageDataset, Transform
 
 __all__ = ["SHAPES", "SPLITS", "SyntheticShapes", "render_shapes"]

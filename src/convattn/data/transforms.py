@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
+from .._validate import check_choice, check_positive
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..layers._checks import check_choice, check_positive
 
 __all__ = [
     "AUTO_AUGMENTS",

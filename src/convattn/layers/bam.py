@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_feature_map, check_positive, hidden_channels
+from .._validate import check_positive
+from ._checks import check_feature_map, hidden_channels
 
 __all__ = ["BAM"]
 

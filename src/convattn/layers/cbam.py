@@ -32,7 +32,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_feature_map
+from .._validate import check_choice
+from ._checks import check_feature_map
 from .channel import ChannelAttention
 from .fused_cbam import IMPLS, residual_tail, run_fused
 from .spatial import SpatialAttention

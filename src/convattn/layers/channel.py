@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_choice, check_feature_map, check_positive, hidden_channels
+from .._validate import check_choice, check_positive
+from ._checks import check_feature_map, hidden_channels
 from .fused_cbam import IMPLS, residual_tail, run_fused
 
 __all__ = ["POOL_TYPES", "ChannelAttention", "pool_hw"]

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 from torch import nn
 
-from ._checks import check_choice
+from .._validate import check_choice
 from .bam import BAM
 from .cbam import CBAM
 from .channel import ChannelAttention

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_feature_map, check_positive
+from .._validate import check_positive
+from ._checks import check_feature_map
 
 __all__ = ["SelectiveKernel"]
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_feature_map, check_odd_kernel, check_positive
+from .._validate import check_odd_kernel, check_positive
+from ._checks import check_feature_map
 
 __all__ = ["SplitAttentionConv", "radix_softmax"]
 
