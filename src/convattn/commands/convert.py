@@ -24,16 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
+    from ..engine.checkpoint import export_safetensors
 
     dst = Path(args.dst)
     if dst.suffix != ".safetensors":
         raise ValueError(f"destination must end in .safetensors, got {dst}")
     model = create_model(args.model, num_classes=args.num_classes)
     report = load_checkpoint(model, args.src, strict=not args.partial)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(dst), metadata={"model": args.model, "source_format": report.format})
+    export_safetensors(state, dst, model=args.model, source_format=report.format)
     print(report.summary())
     print(f"wrote {dst} ({len(state)} tensors, model {args.model})")
     return 0

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 from .._validate import check_positive
 
-__all__ = ["dataset_targets", "stratified_indices", "stratified_subset"]
+__all__ = ["dataset_targets", "limit_dataset", "stratified_indices", "stratified_subset"]
 
 
 def dataset_targets(dataset: Dataset[Any]) -> list[int]:
@@ -60,3 +60,10 @@ def stratified_subset(dataset: Dataset[Any], n: int, *, seed: int) -> Subset:
     subset = Subset(dataset, idx)
     subset.targets = [targets[i] for i in idx]  # type: ignore[attr-defined]
     return subset
+
+
+def limit_dataset(dataset: Dataset[Any], n: int | None, *, seed: int) -> Dataset[Any]:
+    """``dataset`` itself when ``n`` is ``None`` or not smaller, else its stratified subset."""
+    if not n or n >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    return stratified_subset(dataset, n, seed=seed)

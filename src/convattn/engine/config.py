@@ -24,11 +24,13 @@ RECIPES = Path(__file__).resolve().parent.parent / "configs"
 __all__ = [
     "RECIPES",
     "Config",
+    "ConfigField",
     "DataConfig",
     "OptimConfig",
     "RunConfig",
     "ScheduleConfig",
     "apply_overrides",
+    "config_fields",
     "config_from_dict",
     "config_to_dict",
     "flatten",
@@ -40,81 +42,114 @@ __all__ = [
 ]
 
 
+def opt(
+    default: Any = None, help: str = "", *, flag: str | None = None, factory: Any = None
+) -> Any:
+    """A config field with its command-line help (and flag, when it is not the key's)."""
+    meta = {"help": help, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class DataConfig:
     """Dataset, input pipeline and augmentation."""
 
-    path: str = "synthetic"  # "synthetic", "cifar10", "cifar100", a folder or an archive
-    img_size: int | None = None  # None: the dataset's default
-    batch_size: int = 128  # global batch, split across processes
-    workers: int = 2
-    augment: str = "default"  # "default" (dataset-appropriate), "imagenet", "cifar", "none"
-    auto_augment: str | None = None  # "imagenet" or "cifar" policy
-    mixup: float = 0.0  # alpha; 0 disables
-    cutmix: float = 0.0  # alpha; 0 disables
-    cache_dir: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    limit_train: int | None = None  # a class-stratified subset of N training samples
-    limit_val: int | None = None  # the same for validation
-    limit_seed: int = 0  # which subset (independent of run.seed)
+    path: str = opt(
+        "synthetic",
+        "'synthetic[:train=N,val=N,...]', 'cifar10', 'cifar100', a class-folder tree or a "
+        ".tar/.tar.gz",
+        flag="--data",
+    )
+    img_size: int | None = opt(
+        None, "input side; train RandomResizedCrop(S), eval resize S*256/224 + centre crop S"
+    )
+    batch_size: int = opt(128, "global batch size (split across processes)")
+    workers: int = opt(2, "data-loading processes per training process")
+    augment: str = opt("default", "'default' (by dataset), 'imagenet', 'cifar' or 'none'")
+    auto_augment: str | None = opt(None, "AutoAugment policy: 'imagenet' or 'cifar10'")
+    mixup: float = opt(0.0, "mixup alpha (0 disables)")
+    cutmix: float = opt(0.0, "cutmix alpha (0 disables)")
+    cache_dir: str | None = opt(
+        None, "where archives are extracted and small images decoded (default ~/.cache/convattn)"
+    )
+    train_split: str = opt("train", "training split folder")
+    val_split: str = opt("val", "validation split folder")
+    limit_train: int | None = opt(None, "a seeded, class-stratified subset of N training images")
+    limit_val: int | None = opt(None, "a seeded, class-stratified subset of N validation images")
+    limit_seed: int = opt(0, "which subset limit_train/limit_val take (independent of --seed)")
 
 
 @dataclass
 class OptimConfig:
     """SGD as in the paper; ``lr`` None means ``base_lr * batch_size / 256``."""
 
-    lr: float | None = None
-    base_lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    no_decay_bn_bias: bool = False
-    clip_grad: float | None = None
-    label_smoothing: float = 0.0
+    lr: float | None = opt(None, "learning rate (default base_lr * batch_size / 256)")
+    base_lr: float = opt(0.1, "learning rate per 256 images")
+    momentum: float = opt(0.9, "SGD momentum")
+    nesterov: bool = opt(False, "Nesterov momentum")
+    weight_decay: float = opt(1e-4, "L2 weight decay")
+    no_decay_bn_bias: bool = opt(False, "no weight decay on BatchNorm weights and biases")
+    clip_grad: float | None = opt(None, "clip the gradient norm to this value")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
 
 
 @dataclass
 class ScheduleConfig:
     """Learning-rate schedule: "step" (the paper's x0.1 every 30 epochs) or "cosine"."""
 
-    epochs: int = 90
-    kind: str = "step"
-    step_epochs: int = 30
-    milestones: list[int] | None = None  # "step" at these epochs instead of every step_epochs
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
+    epochs: int = opt(90, "training epochs")
+    kind: str = opt("step", "'step' (x gamma every step_epochs) or 'cosine'", flag="--sched")
+    step_epochs: int = opt(30, "epochs between decays of the step schedule")
+    milestones: list[int] | None = opt(None, "decay at these epochs instead of every step_epochs")
+    gamma: float = opt(0.1, "decay factor of the step schedule")
+    warmup_epochs: float = opt(0.0, "linear warm-up length (fractions allowed)")
+    min_lr: float = opt(0.0, "lowest learning rate of the schedule")
 
 
 @dataclass
 class RunConfig:
     """Execution, logging and checkpointing."""
 
-    output: str = "runs"
-    name: str | None = None  # default: <model>-<timestamp>
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"  # "auto", "cpu", "cuda"
-    amp: str = "none"  # "none", "bf16", "fp16" (fp16 on CUDA only)
-    channels_last: bool = False
-    compile: bool = False
-    ema_decay: float | None = None
-    precise_bn_batches: int = 0  # re-estimate BN statistics over N batches before eval
-    sync_bn: bool = False
-    eval_every: int = 1
-    max_steps: int | None = None  # per epoch; for quick runs and tests
-    tensorboard: bool = False
-    progress: bool = True
-    threads: int | None = None  # torch intra-op threads; None: PyTorch's default
+    output: str = opt("runs", "folder that receives the run folders")
+    name: str | None = opt(None, "run folder name (default <model>-<timestamp>)", flag="--run-name")
+    seed: int = opt(0, "random seed (weights, shuffling, augmentation)")
+    deterministic: bool = opt(False, "deterministic algorithms (for exact repeats on CUDA)")
+    device: str = opt("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    amp: str = opt("none", "mixed precision: 'none', 'bf16' (CPU or CUDA) or 'fp16' (CUDA)")
+    channels_last: bool = opt(False, "channels_last memory format for model and batches")
+    compile: bool = opt(False, "torch.compile the model")
+    ema_decay: float | None = opt(
+        None, "keep an exponential moving average of the weights (e.g. 0.9998)"
+    )
+    precise_bn_batches: int = opt(
+        0, "re-estimate BatchNorm statistics over N batches before evaluating"
+    )
+    sync_bn: bool = opt(False, "synchronise BatchNorm across processes (works on CPU too)")
+    eval_every: int = opt(1, "evaluate every N epochs (and after the last)")
+    max_steps: int | None = opt(None, "at most this many steps per epoch (quick runs)")
+    tensorboard: bool = opt(False, "write TensorBoard event files")
+    progress: bool = opt(True, "progress: a bar on a terminal, a line per 30 s otherwise")
+    threads: int | None = opt(None, "torch intra-op threads (default: PyTorch's)")
 
 
 @dataclass
 class Config:
     """A whole training recipe."""
 
-    model: str = "cifar_resnet20_cbam"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: str = opt("cifar_resnet20_cbam", "registered model name (see `convattn models`)")
+    attn: dict[str, Any] = opt(
+        help="JSON of the attention's options, e.g. '{\"kernel_size\": 3}' or "
+        '\'{"pool_types": ["avg"], "spatial": false}\'',
+        factory=dict,
+    )
+    attn_impl: str | None = opt(
+        None, "attention implementation: 'auto', 'eager' or 'fused' (default: auto)"
+    )
+    model_kwargs: dict[str, Any] = opt(
+        help="JSON of other model arguments, e.g. '{\"zero_init_last\": true}'", factory=dict
+    )
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -126,6 +161,32 @@ class Config:
         if self.optim.lr is not None:
             return self.optim.lr
         return self.optim.base_lr * self.data.batch_size / 256
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One leaf of the config: dotted key, type, default, help and command-line flag."""
+
+    key: str
+    type: Any
+    default: Any
+    help: str
+    flag: str
+
+
+def config_fields(cls: type = Config, prefix: str = "") -> list[ConfigField]:
+    """Every leaf field of ``cls`` (sections flattened to dotted keys), in order."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += config_fields(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        out.append(ConfigField(prefix + f.name, tp, default, f.metadata.get("help", ""), flag))
+    return out
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -67,11 +67,8 @@ def evaluate(
     elapsed = time.perf_counter() - start
     model.train(was_training)
     total = meter.reduce()
-    n = max(total.count, 1)
     return {
-        "loss": total.sums.get("loss", 0.0) / n,
-        "top1_err": 100.0 * (1 - total.sums.get("top1", 0.0) / n),
-        "top5_err": 100.0 * (1 - total.sums.get("top5", 0.0) / n),
+        **total.errors(),
         "images_per_s": total.count / max(elapsed, 1e-9),
         "samples": total.count,
     }
@@ -104,10 +101,10 @@ def precise_bn(
             break
         model(move_batch(images, device, channels_last))
         used += 1
+    world = int(all_reduce_sum(torch.ones(1)).item())
     for bn, (momentum, training) in zip(bns, saved, strict=True):
         bn.momentum = momentum
         bn.train(training)
-        world = int(all_reduce_sum(torch.ones(1)).item())
         if world > 1:  # average the estimates of all processes
             bn.running_mean.copy_(all_reduce_sum(bn.running_mean) / world)
             bn.running_var.copy_(all_reduce_sum(bn.running_var) / world)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..data import build_dataset, build_loader
+from ..data.subset import limit_dataset
 from ..models import create_model, load_checkpoint
 from .config import load_config
 from .evaluate import evaluate
 from .runtime import resolve_device
+from .setup import build_model
 
 __all__ = ["evaluate_weights"]
 
@@ -45,10 +45,12 @@ def evaluate_weights(
     ds, info = build_dataset(
         source, split, img_size=size, augment=augment, cache_dir=cfg.data.cache_dir if cfg else None
     )
-    if cfg and cfg.data.limit_val:
-        ds = torch.utils.data.Subset(ds, range(min(cfg.data.limit_val, len(ds))))
-    kwargs = cfg.model_kwargs if cfg and name == cfg.model else {}
-    net = create_model(name, num_classes=info.num_classes, **kwargs)
+    if cfg and cfg.data.limit_val:  # the subset the run was evaluated on
+        ds = limit_dataset(ds, cfg.data.limit_val, seed=cfg.data.limit_seed)
+    if cfg and name == cfg.model:
+        net = build_model(cfg, info.num_classes)
+    else:
+        net = create_model(name, num_classes=info.num_classes)
     load_checkpoint(net, weights)
     dev = resolve_device(device)
     loader = build_loader(ds, batch_size, train=False, workers=workers)

@@ -167,12 +167,9 @@ def train_one_epoch(
             break
     elapsed = time.perf_counter() - start
     total = meter.reduce()  # over processes; a resumed epoch's sums live on the main one
-    n = max(total.count, 1)
     resumed = 0 if resume is None else resume.meter.count
     return EpochResult(
-        loss=total.sums.get("loss", 0.0) / n,
-        top1_err=100.0 * (1 - total.sums.get("top1", 0.0) / n),
-        top5_err=100.0 * (1 - total.sums.get("top5", 0.0) / n),
+        **total.errors(),
         images_per_s=(total.count - resumed) / max(elapsed, 1e-9),
         lr=parts.optimizer.param_groups[0]["lr"],
         partial=PartialEpoch(done, total),

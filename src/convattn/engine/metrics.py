@@ -41,6 +41,15 @@ class Meter:
     def mean(self, key: str) -> float:
         return self.sums.get(key, 0.0) / max(self.count, 1)
 
+    def errors(self) -> dict[str, float]:
+        """Mean ``loss`` and top-1/top-5 error (%) from the sums ``loss``, ``top1``, ``top5``."""
+        n = max(self.count, 1)
+        return {
+            "loss": self.sums.get("loss", 0.0) / n,
+            "top1_err": 100.0 * (1 - self.sums.get("top1", 0.0) / n),
+            "top5_err": 100.0 * (1 - self.sums.get("top5", 0.0) / n),
+        }
+
     def reduce(self) -> Meter:
         """Sum over processes (a copy; a no-op when not distributed)."""
         keys = sorted(self.sums)

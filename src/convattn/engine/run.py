@@ -28,6 +28,19 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt")
 log = logging.getLogger("convattn")
 
 
+class _Console(logging.StreamHandler):
+    """Log lines to whatever ``sys.stderr`` is when they are written (it may be replaced
+    after the handler was made: notebooks, captured output)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler sets it; sys.stderr wins
+        pass
+
+
 class Run:
     """Files of one run; every method is a no-op on processes other than the main one."""
 
@@ -60,10 +73,9 @@ class Run:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         self._handler = handler
-        if not any(getattr(h, "_convattn_console", False) for h in log.handlers):
-            console = logging.StreamHandler(sys.stderr)
+        if not any(isinstance(h, _Console) for h in log.handlers):
+            console = _Console()
             console.setFormatter(logging.Formatter("%(message)s"))
-            console._convattn_console = True  # type: ignore[attr-defined]
             log.addHandler(console)
         log.setLevel(logging.INFO)
         if cfg.run.tensorboard:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..data import DatasetInfo, build_dataset, build_loader, build_mix
-from ..data.subset import stratified_subset
+from ..data.subset import limit_dataset
 from ..models import create_model
 from .config import Config
 from .distributed import DistInfo
@@ -50,12 +50,11 @@ class TrainParts:
 
 
 def _limit(ds: Any, n: int | None, seed: int, what: str, classes: int) -> Any:
-    if not n or n >= len(ds):
-        return ds
-    sub = stratified_subset(ds, n, seed=seed)
-    held = len(set(sub.targets))
-    log.info("%s: a subset of %d of %d images, %d of %d classes (seed %d)",
-             what, len(sub), len(ds), held, classes, seed)  # fmt: skip
+    sub = limit_dataset(ds, n, seed=seed)
+    if sub is not ds:
+        held = len(set(sub.targets))
+        log.info("%s: a subset of %d of %d images, %d of %d classes (seed %d)",
+                 what, len(sub), len(ds), held, classes, seed)  # fmt: skip
     return sub
 
 
@@ -95,8 +94,14 @@ def num_skipped(loader: DataLoader) -> int:
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """``cfg.model`` from the registry, with ``cfg.model_kwargs``."""
-    return create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
+    """``cfg.model`` from the registry, with its attention options and model arguments."""
+    return create_model(
+        cfg.model,
+        num_classes=num_classes,
+        attn=cfg.attn or None,
+        attn_impl=cfg.attn_impl,
+        **cfg.model_kwargs,
+    )
 
 
 def build_parts(cfg: Config, data: RunData, device: torch.device, dist: DistInfo) -> TrainParts:
