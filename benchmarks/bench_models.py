@@ -36,9 +36,7 @@ def candidates(arch: str, timm_too: bool) -> dict[str, Callable[[], torch.nn.Mod
     out = {
         arch: lambda: create_model(arch),
         f"{arch}_cbam (ours, auto)": lambda: create_model(f"{arch}_cbam"),
-        f"{arch}_cbam (ours, eager)": lambda: create_model(
-            f"{arch}_cbam", attn_kwargs={"impl": "eager"}
-        ),
+        f"{arch}_cbam (ours, eager)": lambda: create_model(f"{arch}_cbam", attn_impl="eager"),
     }
     if timm_too:
         import timm

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 import reference as ref
-from convattn import _jit
-from convattn.layers import _fused_ops
+from convattn.layers import get_attention
 from convattn.models.blocks import BasicBlock, Bottleneck, make_shortcut
+from fused_spy import spy_fused
 from test_fused_cbam import _close, _run, _x, compile_recording
 
 CL = torch.channels_last
@@ -41,20 +41,9 @@ for train in (True, False):
 @pytest.fixture(autouse=True)
 def calls(monkeypatch):
     """Records (head mode, has shortcut, relu) of every fused forward and counts backwards."""
-    ops = _fused_ops.fused_ops()
-    if ops is None:
+    seen = spy_fused(monkeypatch, lambda a: (a.head, a.shortcut is not None, a.relu))
+    if seen is None:
         pytest.skip("fused extension unavailable")
-    seen = {"forward": [], "backward": 0}
-
-    def forward(*args):
-        seen["forward"].append((args[19], args[17] is not None, args[18]))
-        return ops.forward(*args)
-
-    def backward(*args):
-        seen["backward"] += 1
-        return ops.backward(*args)
-
-    monkeypatch.setattr(_fused_ops, "load_fused", lambda: _jit.FusedOps(forward, backward))
     return seen
 
 
@@ -63,7 +52,7 @@ def _block(kind, cin, planes, stride, attn, shortcut="conv", **attn_kwargs):
     cout = planes * cls.expansion
     down = make_shortcut(shortcut, cin, cout, stride)
     kw = {"reduction": 4, **attn_kwargs}
-    return cls(cin, planes, stride=stride, downsample=down, attn_layer=attn, attn_kwargs=kw)
+    return cls(cin, planes, stride=stride, downsample=down, attn_layer=get_attention(attn, **kw))
 
 
 def _pair(block, dtype, train, seed=0):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import reference as ref
-from convattn import _jit
-from convattn.layers import CBAM, ChannelAttention, SqueezeExcite, _fused_ops
-from convattn.layers.fused_cbam import fused_unsupported
+from convattn.fused import build, fused_unsupported, ops
+from convattn.layers import CBAM, ChannelAttention, SqueezeExcite
+from fused_spy import spy_fused
 
 ARRS = ["channel-spatial", "spatial-channel", "parallel", "channel-only"]
 CL = torch.channels_last
@@ -22,20 +22,9 @@ CL = torch.channels_last
 @pytest.fixture(autouse=True)
 def calls(monkeypatch):
     """Counts the fused operator calls, so a test cannot pass by running eager twice."""
-    ops = _fused_ops.fused_ops()
-    if ops is None:
+    count = spy_fused(monkeypatch)
+    if count is None:
         pytest.skip("fused extension unavailable")
-    count = {"forward": 0, "backward": 0}
-
-    def counted(name, op):
-        def f(*args):
-            count[name] += 1
-            return op(*args)
-
-        return f
-
-    spy = _jit.FusedOps(counted("forward", ops.forward), counted("backward", ops.backward))
-    monkeypatch.setattr(_fused_ops, "load_fused", lambda: spy)
     return count
 
 
@@ -272,9 +261,9 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
     def broken():
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(_jit, "_state", {})
-    monkeypatch.setattr(_jit, "_build", broken)
-    monkeypatch.setattr(_fused_ops, "load_fused", _jit.load_fused)
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setattr(build, "_build", broken)
+    monkeypatch.setattr(ops, "load_fused", build.load_fused)
     m = ref.randomize_(CBAM(16, reduction=4, impl="fused"))
     x = _x(2, 16, 4, 4, dtype=torch.float32)
     with pytest.warns(RuntimeWarning, match="could not build"):
@@ -340,7 +329,6 @@ def test_synchronised_batchnorm_in_the_spatial_gate_runs_eager():
     # With --sync-bn the gate's BatchNorm must see the whole distributed batch, which
     # the fused kernels (per-process statistics) cannot do.
     from convattn.engine.sync_bn import convert_sync_batchnorm
-    from convattn.layers.fused_cbam import fused_unsupported
 
     m = convert_sync_batchnorm(CBAM(16), torch.device("cpu"))
     reason = fused_unsupported(m, torch.randn(2, 16, 4, 4))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import reference as ref
-from convattn import _jit
+from convattn.fused import fused_ops
 from convattn.layers import (
     BAM,
     CBAM,
@@ -19,9 +19,9 @@ from convattn.layers import (
     SpatialAttention,
     SplitAttentionConv,
     SqueezeExcite,
-    _fused_ops,
 )
 from convattn.layers.channel import pool_hw
+from fused_spy import spy_fused
 
 # The fused CPU kernels cover float64 CBAM, ChannelAttention and SE with avg/max pools and
 # "avgmax" spatial pooling; each such test checks both implementations against the reference.
@@ -36,21 +36,12 @@ def _x(*shape, seed=1):
 def fused_calls(monkeypatch):
     """Counts the fused forward operator's calls, so that "fused" cannot silently run eager
     (and "eager" cannot run the kernels)."""
-    ops = _fused_ops.fused_ops()
-    count = {"forward": 0}
-    if ops is not None:
-
-        def forward(*args):
-            count["forward"] += 1
-            return ops.forward(*args)
-
-        monkeypatch.setattr(_fused_ops, "load_fused", lambda: _jit.FusedOps(forward, ops.backward))
-    return count
+    return spy_fused(monkeypatch) or {"forward": 0}
 
 
 def _pin(module, impl, fused_calls):
     """``module`` (returned) set to run ``impl``; skips "fused" without the extension."""
-    if impl == "fused" and _fused_ops.fused_ops() is None:
+    if impl == "fused" and fused_ops() is None:
         pytest.skip("fused extension unavailable")
     module.impl = impl
     fused_calls["forward"] = 0

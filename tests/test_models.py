@@ -208,7 +208,8 @@ def test_attention_sits_after_last_bn_before_residual_add():
     x = torch.randn(1, 256, 16, 16)
     with torch.no_grad():
         y = block(x)
-        out = block.bn3(block.conv3(block._mid(block.relu(block.bn1(block.conv1(x))))))
+        mid = block.relu(block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x))))))
+        out = block.bn3(block.conv3(mid))
         torch.testing.assert_close(seen["in"], out)
         torch.testing.assert_close(y, torch.relu(2 * out + block.downsample(x)))
 
@@ -242,7 +243,7 @@ def test_create_model_errors():
     with pytest.raises(TypeError):
         create_model("resnet18", not_an_argument=1)
     # A keyword equal to the fixed value is fine, and attention options pass through.
-    m = create_model("resnet18_cbam", attn_layer="cbam", attn_kwargs={"kernel_size": 3})
+    m = create_model("resnet18_cbam", attn_layer="cbam", attn={"kernel_size": 3})
     assert m.layer1[0].attn.spatial.conv.kernel_size == (3, 3)
 
 

@@ -1,5 +1,6 @@
 """convattn: attention-augmented CNNs (CBAM, SE, BAM, SK, ResNeSt), faithful and fast."""
 
+from . import fused as fused  # registers the fused kernels with the layers
 from ._version import __version__
 from .layers import (
     BAM,

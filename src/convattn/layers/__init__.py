@@ -1,6 +1,6 @@
 """Attention modules: one idea per file, all sharing ``(channels, *, ...)`` signatures."""
 
-from . import fused_cbam
+from ._accel import IMPLS
 from .bam import BAM
 from .cbam import ARRANGEMENTS, CBAM
 from .channel import POOL_TYPES, ChannelAttention
@@ -12,10 +12,9 @@ from .factory import (
     get_attention,
     set_impl,
 )
-from .fused_cbam import IMPLS
 from .se import SqueezeExcite
 from .selective_kernel import SelectiveKernel
-from .spatial import SPATIAL_POOLINGS, SpatialAttention
+from .spatial import SPATIAL_POOLINGS, SpatialAttention, init_gates
 from .split_attn import SplitAttentionConv, radix_softmax
 
 __all__ = [
@@ -34,8 +33,8 @@ __all__ = [
     "SqueezeExcite",
     "attention_names",
     "create_attention",
-    "fused_cbam",
     "get_attention",
+    "init_gates",
     "radix_softmax",
     "set_impl",
 ]

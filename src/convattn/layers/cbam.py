@@ -19,10 +19,11 @@ spatial pooling order max-then-mean; see :mod:`convattn.layers.spatial`. With
 input.
 
 Implementations (``impl``): "eager" composes the branch modules' operations; "fused" runs
-the fused CPU kernels of :mod:`convattn.layers.fused_cbam` (same math, fewer memory passes,
-only small tensors saved for backward) wherever they apply and the eager path elsewhere
-(other devices and dtypes, lp/lse pooling, conv1x1 spatial pooling, tracing, compiling and
-export); "auto" (default) is "fused" where that is the faster of the two.
+the fused CPU kernels of :mod:`convattn.fused` (same math, fewer memory passes, only small
+tensors saved for backward) wherever they apply and the eager path elsewhere (other
+devices and dtypes, lp/lse pooling, conv1x1 spatial pooling, tracing and export); "auto"
+(default) is "fused" where that is expected to be the faster of the two. The kernels plug
+in at one hook point, :mod:`convattn.layers._accel`.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ import torch
 from torch import nn
 
 from .._validate import check_choice
+from ._accel import IMPLS, accelerated
 from ._checks import check_feature_map
 from .channel import ChannelAttention
-from .fused_cbam import IMPLS, residual_tail, run_fused
 from .spatial import SpatialAttention
 
 __all__ = ["ARRANGEMENTS", "CBAM"]
@@ -84,27 +85,18 @@ class CBAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels, "CBAM")
-        if self.impl != "eager" and (y := run_fused(self, x)) is not None:
+        if self.impl != "eager" and (y := accelerated(self, x)) is not None:
             return y
-        if self.spatial is None:
-            return x * self.channel.gate(x)
+        channel, spatial = self.channel._gate, None if self.spatial is None else self.spatial._gate
+        if spatial is None:
+            return x * channel(x)
         if self.arrangement == "channel-spatial":
-            x = x * self.channel.gate(x)
-            return x * self.spatial.gate(x)
+            x = x * channel(x)
+            return x * spatial(x)
         if self.arrangement == "spatial-channel":
-            x = x * self.spatial.gate(x)
-            return x * self.channel.gate(x)
-        return x * self.channel.gate(x) * self.spatial.gate(x)  # parallel
-
-    def forward_residual(
-        self, x: torch.Tensor, shortcut: torch.Tensor, *, norm: nn.Module | None = None
-    ) -> torch.Tensor:
-        """``relu(self(norm(x)) + shortcut)``: the tail of a residual block whose last
-        BatchNorm ``norm`` (optional) feeds this module. The fused kernels fold the
-        BatchNorm, the addition and the ReLU into the attention's passes where they apply
-        (see :mod:`convattn.layers.fused_cbam`); elsewhere this is that composition."""
-        check_feature_map(x, self.channels, "CBAM")
-        return residual_tail(self, x, shortcut, norm)
+            x = x * spatial(x)
+            return x * channel(x)
+        return x * channel(x) * spatial(x)  # parallel
 
     def extra_repr(self) -> str:
         return f"arrangement={self.arrangement!r}, impl={self.impl!r}"

@@ -16,7 +16,7 @@ channels_last. ``amax`` splits the gradient evenly between tied maxima where ``m
 picks one; the forward values are identical.
 
 ``impl`` chooses between these eager operations and the fused CPU kernels of
-:mod:`convattn.layers.fused_cbam` for ``forward`` (see :class:`convattn.layers.CBAM`).
+:mod:`convattn.fused` for ``forward`` (see :class:`convattn.layers.CBAM`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validate import check_choice, check_positive
+from ._accel import IMPLS, accelerated
 from ._checks import check_feature_map, hidden_channels
-from .fused_cbam import IMPLS, residual_tail, run_fused
 
 __all__ = ["POOL_TYPES", "ChannelAttention", "pool_hw"]
 
@@ -105,22 +105,16 @@ class ChannelAttention(nn.Module):
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The attention map ``Mc(x)`` in [0, 1], (N, C, H, W) -> (N, C, 1, 1)."""
         check_feature_map(x, self.channels, type(self).__name__)
+        return self._gate(x)
+
+    def _gate(self, x: torch.Tensor) -> torch.Tensor:  # x already checked
         return torch.sigmoid(self.logits(x))[:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl != "eager":
-            check_feature_map(x, self.channels, type(self).__name__)
-            if (y := run_fused(self, x)) is not None:
-                return y
-        return x * self.gate(x)
-
-    def forward_residual(
-        self, x: torch.Tensor, shortcut: torch.Tensor, *, norm: nn.Module | None = None
-    ) -> torch.Tensor:
-        """``relu(self(norm(x)) + shortcut)``, fused where the kernels apply (see
-        :meth:`convattn.layers.CBAM.forward_residual`)."""
         check_feature_map(x, self.channels, type(self).__name__)
-        return residual_tail(self, x, shortcut, norm)
+        if self.impl != "eager" and (y := accelerated(self, x)) is not None:
+            return y
+        return x * self._gate(x)
 
     def extra_repr(self) -> str:
         return f"pool_types={self.pool_types}, impl={self.impl!r}"

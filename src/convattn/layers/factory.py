@@ -15,10 +15,10 @@ from typing import Any, TypeAlias
 from torch import nn
 
 from .._validate import check_choice
+from ._accel import IMPLS
 from .bam import BAM
 from .cbam import CBAM
 from .channel import ChannelAttention
-from .fused_cbam import IMPLS
 from .se import SqueezeExcite
 from .spatial import SpatialAttention
 

@@ -23,7 +23,7 @@ from torch import nn
 from .._validate import check_choice, check_odd_kernel, check_positive
 from ._checks import check_feature_map
 
-__all__ = ["SPATIAL_POOLINGS", "SpatialAttention", "pool_channels"]
+__all__ = ["SPATIAL_POOLINGS", "SpatialAttention", "init_gates", "pool_channels"]
 
 SPATIAL_POOLINGS = ("avgmax", "conv1x1")
 
@@ -67,6 +67,11 @@ class SpatialAttention(nn.Module):
         self.bn: nn.BatchNorm2d | None = None
         if norm:
             self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+        self.reset_gate()
+
+    def reset_gate(self) -> None:
+        """The authors' start: a zero BatchNorm weight, so every gate is sigmoid(0) = 0.5."""
+        if self.bn is not None:
             nn.init.zeros_(self.bn.weight)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +86,9 @@ class SpatialAttention(nn.Module):
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The attention map ``Ms(x)`` in [0, 1], (N, C, H, W) -> (N, 1, H, W)."""
         check_feature_map(x, self.channels, type(self).__name__)
+        return self._gate(x)
+
+    def _gate(self, x: torch.Tensor) -> torch.Tensor:  # x already checked
         return torch.sigmoid(self.logits(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,3 +96,11 @@ class SpatialAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pooling={self.pooling!r}"
+
+
+def init_gates(model: nn.Module) -> None:
+    """Restore every spatial gate's own start in ``model`` (see
+    :meth:`SpatialAttention.reset_gate`), after an initialisation of the whole model."""
+    for m in model.modules():
+        if isinstance(m, SpatialAttention):
+            m.reset_gate()

@@ -1,7 +1,7 @@
 """Backbones (one ResNet class, MobileNet v1), the registry and weights handling."""
 
 from ._base import Backbone, FeatureInfo, init_weights
-from .blocks import BasicBlock, Bottleneck, SKBottleneck, SplitBottleneck
+from .blocks import MIDDLES, BasicBlock, Bottleneck, make_middle
 from .create import create_model
 from .mobilenet import MobileNetV1
 from .profile import ModelProfile, count_parameters, profile
@@ -14,6 +14,7 @@ from .zoo import register_zoo
 register_zoo()
 
 __all__ = [
+    "MIDDLES",
     "Backbone",
     "BasicBlock",
     "Bottleneck",
@@ -24,8 +25,6 @@ __all__ = [
     "ModelProfile",
     "ModelSpec",
     "ResNet",
-    "SKBottleneck",
-    "SplitBottleneck",
     "add_attention",
     "count_parameters",
     "create_model",
@@ -33,6 +32,7 @@ __all__ = [
     "init_weights",
     "list_models",
     "load_checkpoint",
+    "make_middle",
     "profile",
     "read_state_dict",
     "register_model",

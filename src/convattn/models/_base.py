@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import SpatialAttention
+from ..layers import init_gates
 
 __all__ = ["Backbone", "FeatureInfo", "init_weights"]
 
@@ -141,9 +141,9 @@ def init_weights(model: nn.Module, *, zero_init_last: bool = False) -> None:
             nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    for m in model.modules():
-        if isinstance(m, SpatialAttention) and m.bn is not None:
-            nn.init.zeros_(m.bn.weight)
-        last_bn = getattr(m, "last_bn", None)
-        if zero_init_last and isinstance(last_bn, nn.BatchNorm2d):
-            nn.init.zeros_(last_bn.weight)
+    init_gates(model)
+    if zero_init_last:
+        for m in model.modules():
+            last_bn = getattr(m, "last_bn", None)
+            if isinstance(last_bn, nn.BatchNorm2d):
+                nn.init.zeros_(last_bn.weight)

@@ -2,8 +2,8 @@
 
 ResNet-18/34/50/101/152 (He et al., CVPR 2016), WideResNet-18 (every stage's width
 multiplied, as the CBAM paper's WRN-18), ResNeXt (grouped 3x3, Xie et al., CVPR 2017),
-SKNet-50 (:class:`~convattn.models.blocks.SKBottleneck`), ResNeSt-50 (deep stem, average-
-pool shortcut, :class:`~convattn.models.blocks.SplitBottleneck`; Zhang et al., 2020) and
+SKNet-50 (``middle="sk"``), ResNeSt-50 (deep stem, average-pool shortcut,
+``middle="splat"``; Zhang et al., 2020) and
 the CIFAR ResNets (3x3 stem without max-pool; He et al.'s 6n+2 networks with the
 parameter-free "option A" shortcut) differ only in constructor arguments.
 
@@ -16,8 +16,8 @@ earlier versions, renamed when they load). Each is a name or a factory ``f(chann
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,8 +36,7 @@ class ResNet(Backbone):
     """Residual network with pluggable block, stem, shortcut and attention.
 
     Args:
-        block: block class (``BasicBlock``, ``Bottleneck``, ``SKBottleneck``,
-            ``SplitBottleneck``).
+        block: ``BasicBlock`` or ``Bottleneck``.
         layers: number of blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
         num_classes: classifier outputs (ignored with ``features_only``).
         widths: ``planes`` of each stage before ``widen`` (block output is
@@ -47,9 +46,10 @@ class ResNet(Backbone):
             or "cifar" (one 3x3/1 conv, no pooling).
         stem_width: stem output channels ("deep": the first two convs have half of it).
         shortcut: projection shortcut "conv", "avg" (ResNet-D) or "pad" (CIFAR option A).
-        groups, base_width: ResNeXt cardinality and width per group.
+        groups, base_width: ResNeXt cardinality and width per group (bottlenecks).
         stride_in_1x1: stride in the bottleneck's first 1x1 conv (original ResNet layout,
             the one the CBAM paper's GFLOPs count) instead of the 3x3.
+        middle: the bottleneck's 3x3 stage: "conv", "sk" (SKNet) or "splat" (ResNeSt).
         attn_layer: attention in every block (name, factory or None).
         stage_attn_layer: attention after every stage but the last (BAM).
         zero_init_last: zero the last BN of each block.
@@ -72,6 +72,7 @@ class ResNet(Backbone):
         groups: int = 1,
         base_width: int = 64,
         stride_in_1x1: bool = False,
+        middle: str = "conv",
         attn_layer: AttnLayer = None,
         stage_attn_layer: AttnLayer = None,
         zero_init_last: bool = False,
@@ -84,31 +85,22 @@ class ResNet(Backbone):
             raise ValueError(f"layers {tuple(layers)} must give >= 1 block per stage {widths}")
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
+        make_block = _block_factory(
+            block, groups, base_width, stride_in_1x1, middle, get_attention(attn_layer)
+        )
+        stage_attn = get_attention(stage_attn_layer)
         self._build_stem(stem, in_chans, stem_width)
-        block_attn, stage_attn = get_attention(attn_layer), get_attention(stage_attn_layer)
         reduction = 1 if stem == "cifar" else 4
         inplanes, info = stem_width, []
         for i, (n, width) in enumerate(zip(layers, widths, strict=True)):
-            planes = round(width * widen)
             stride = 1 if i == 0 else 2
             reduction *= stride
-            blocks: OrderedDict[str, nn.Module] = OrderedDict()
-            for j in range(n):
-                s = stride if j == 0 else 1
-                blocks[str(j)] = block(
-                    inplanes,
-                    planes,
-                    stride=s,
-                    downsample=make_shortcut(shortcut, inplanes, planes * block.expansion, s),
-                    groups=groups,
-                    base_width=base_width,
-                    attn_layer=block_attn,
-                    stride_in_1x1=stride_in_1x1,
-                )
-                inplanes = planes * block.expansion
+            planes = round(width * widen)
+            stage = _stage(make_block, block.expansion, inplanes, planes, n, stride, shortcut)
+            inplanes = planes * block.expansion
             if i < len(layers) - 1 and stage_attn is not None:
-                blocks["attn"] = stage_attn(inplanes)
-            setattr(self, f"layer{i + 1}", nn.Sequential(blocks))
+                stage.add_module("attn", stage_attn(inplanes))
+            setattr(self, f"layer{i + 1}", stage)
             info.append(FeatureInfo(f"layer{i + 1}", inplanes, reduction))
         init_weights(self, zero_init_last=zero_init_last)
         self._finish(
@@ -141,3 +133,49 @@ class ResNet(Backbone):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+
+def _block_factory(
+    block: type[BasicBlock | Bottleneck],
+    groups: int,
+    base_width: int,
+    stride_in_1x1: bool,
+    middle: str,
+    attn: Callable[[int], nn.Module] | None,
+) -> Callable[..., nn.Module]:
+    """``block`` with the arguments every block of the network shares bound."""
+    if block is BasicBlock:
+        if (groups, base_width, stride_in_1x1, middle) != (1, 64, False, "conv"):
+            raise ValueError(
+                "BasicBlock networks take no groups, base_width, stride_in_1x1 or middle"
+            )
+        return functools.partial(BasicBlock, attn_layer=attn)
+    if block is not Bottleneck:
+        raise ValueError(f"block must be BasicBlock or Bottleneck, got {block!r}")
+    return functools.partial(
+        Bottleneck,
+        groups=groups,
+        base_width=base_width,
+        stride_in_1x1=stride_in_1x1,
+        middle=middle,
+        attn_layer=attn,
+    )
+
+
+def _stage(
+    make_block: Callable[..., nn.Module],
+    expansion: int,
+    inplanes: int,
+    planes: int,
+    n: int,
+    stride: int,
+    shortcut: str,
+) -> nn.Sequential:
+    """``n`` blocks named "0", "1", ...; the first strides and projects the shortcut."""
+    blocks = nn.Sequential()
+    for j in range(n):
+        s = stride if j == 0 else 1
+        down = make_shortcut(shortcut, inplanes, planes * expansion, s)
+        blocks.add_module(str(j), make_block(inplanes, planes, stride=s, downsample=down))
+        inplanes = planes * expansion
+    return blocks

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..constants import CIFAR10_STATS
-from .blocks import BasicBlock, Bottleneck, SKBottleneck, SplitBottleneck
+from .blocks import BasicBlock, Bottleneck
 from .mobilenet import MobileNetV1
 from .registry import ModelSpec, register_model
 from .resnet import ResNet
@@ -104,9 +104,10 @@ def _register_resnets() -> None:
     for arch, fixed in _CIFAR_RESNETS.items():
         for suffix, attn in {**_BLOCK_ATTN, **_STAGE_ATTN}.items():
             _register(arch + suffix, ResNet, {**fixed, **attn}, **_CIFAR_META)
-    sk = {"block": SKBottleneck, "layers": (3, 4, 6, 3), "groups": 32, "base_width": 4}
+    sk = {**_BOTTLENECK, "layers": (3, 4, 6, 3), "groups": 32, "base_width": 4, "middle": "sk"}
     _register("skresnet50", ResNet, sk)
-    resnest = {"block": SplitBottleneck, "layers": (3, 4, 6, 3), "stem": "deep", "shortcut": "avg"}
+    resnest = {**_BOTTLENECK, "layers": (3, 4, 6, 3), "middle": "splat", "stem": "deep"}
+    resnest["shortcut"] = "avg"
     _register("resnest50", ResNet, resnest)
 
 

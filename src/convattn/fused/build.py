@@ -1,4 +1,4 @@
-"""Just-in-time build of the fused CPU kernels in ``convattn/csrc``.
+"""Just-in-time build of the fused CPU kernels in ``convattn/fused/csrc``.
 
 The C++ sources are compiled on first use with :func:`torch.utils.cpp_extension.load`
 (needs a C++ compiler and ninja; takes tens of seconds once). Builds are cached in a
