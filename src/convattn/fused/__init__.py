@@ -44,7 +44,7 @@ built or builds at trace time.
 
 from __future__ import annotations
 
-from ..layers._accel import register_accelerated
+from ..layers import register_accelerated
 from .dispatch import fused_unsupported, prefer_fused, run_fused
 from .ops import fused_ops
 from .tail import residual_tail

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from ..layers import CBAM, ChannelAttention
-from ..layers._checks import check_feature_map
 from .dispatch import has_hooks, run_fused
 
 __all__ = ["residual_tail"]
@@ -35,7 +34,6 @@ def residual_tail(
     """``relu(attn(norm(z)) + shortcut)``, with the fused kernels where they apply."""
     fusable = isinstance(attn, CBAM | ChannelAttention) and attn.impl != "eager"
     if fusable and isinstance(relu, nn.ReLU) and not has_hooks(norm, attn, relu):
-        check_feature_map(z, attn.channels, type(attn).__name__)
         y = run_fused(attn, z, shortcut=shortcut, relu=True, norm=norm)
         if y is not None:
             return y

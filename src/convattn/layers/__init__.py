@@ -1,6 +1,6 @@
 """Attention modules: one idea per file, all sharing ``(channels, *, ...)`` signatures."""
 
-from ._accel import IMPLS
+from ._accel import IMPLS, register_accelerated
 from .bam import BAM
 from .cbam import ARRANGEMENTS, CBAM
 from .channel import POOL_TYPES, ChannelAttention
@@ -36,5 +36,6 @@ __all__ = [
     "get_attention",
     "init_gates",
     "radix_softmax",
+    "register_accelerated",
     "set_impl",
 ]

@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..layers.factory import ATTENTIONS
+from ..layers import ATTENTIONS
 
 __all__ = [
     "CheckpointError",
