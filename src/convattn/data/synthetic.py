@@ -124,6 +124,81 @@ def _blend(img: np.ndarray, alpha: np.ndarray, rgb: np.ndarray) -> None:
     img += a * rgb[:, :, None, None]
 
 
+class _Canvas:
+    """A batch being drawn: the samples' random streams and the pixel grid."""
+
+    def __init__(self, keys: np.ndarray, size: int) -> None:
+        self.keys, self.size, self.px = keys, size, size / 32.0  # lengths tuned at 32 px
+        grid = (np.arange(size, dtype=np.float32) + 0.5)[None, :]  # pixel centres (1, S)
+        self.ys, self.xs = grid[:, :, None], grid[:, None, :]  # (1, S, 1), (1, 1, S)
+
+    def background(self) -> tuple[np.ndarray, np.ndarray]:
+        """A linear gradient between two dark colours along a random direction, and
+        whether each image is inverted at the end."""
+        r, size = _uniform(self.keys, 1, 8), self.size
+        c0 = _hsv_to_rgb(r[:, 0], r[:, 1], 0.05 + 0.3 * r[:, 2])
+        c1 = _hsv_to_rgb(r[:, 3], r[:, 4], 0.05 + 0.3 * r[:, 5])
+        ang = 2 * np.pi * r[:, 6]
+        dx, dy = np.cos(ang)[:, None, None], np.sin(ang)[:, None, None]
+        t = (dx * (self.xs - size / 2) + dy * (self.ys - size / 2)) / size + 0.5
+        t = np.clip(t, 0.0, 1.0)[:, None]  # (B, S, S) -> (B, 1, S, S)
+        img = c0[:, :, None, None] * (1 - t) + c1[:, :, None, None] * t  # (B, 3, S, S)
+        return img, r[:, 7] < 0.5
+
+    def bright(self, stream: int) -> np.ndarray:
+        """Colours of objects and distractors (B, 3)."""
+        c = _uniform(self.keys, stream, 3)
+        return _hsv_to_rgb(c[:, 0], 0.3 + 0.7 * c[:, 1], 0.65 + 0.35 * c[:, 2])
+
+    def distractor(self, img: np.ndarray, k: int) -> None:
+        """Draw distractor ``k``: a thin segment or a thin ellipse."""
+        d, size, px, xs, ys = _uniform(self.keys, 100 + k, 9), self.size, self.px, self.xs, self.ys
+        cx, cy = d[:, 0] * size, d[:, 1] * size
+        ang = np.pi * d[:, 2]
+        ca, sa = np.cos(ang)[:, None, None], np.sin(ang)[:, None, None]
+        du, dv = xs - cx[:, None, None], ys - cy[:, None, None]
+        along, across = du * ca + dv * sa, -du * sa + dv * ca  # (B, S, S)
+        half_len = (0.15 + 0.3 * d[:, 3])[:, None, None] * size
+        width = ((0.5 + 0.6 * d[:, 4]) * px)[:, None, None]
+        seg = np.hypot(np.maximum(np.abs(along) - half_len, 0.0), across) - width / 2
+        a = ((2.0 + 2.5 * d[:, 5]) * px)[:, None, None]  # ellipse semi-axes a > 3 b
+        b = a * (0.2 + 0.1 * d[:, 6])[:, None, None]
+        ell = (np.sqrt((along / a) ** 2 + (across / b) ** 2) - 1.0) * b
+        dist = np.where((d[:, 7] < 0.5)[:, None, None], seg, ell)
+        alpha = _coverage(dist) * (d[:, 8] < 0.85)[:, None, None]  # ~15% left out
+        _blend(img, alpha.astype(np.float32), self.bright(200 + k))
+
+    def object_alpha(self, labels: np.ndarray) -> np.ndarray:
+        """Coverage (B, S, S) of each image's class object: half size SCALE (7-16 px wide
+        at 32 px), fully inside the image."""
+        o, size, n = _uniform(self.keys, 2, 3), self.size, labels.shape[0]
+        scale = (SCALE[0] + (SCALE[1] - SCALE[0]) * o[:, 0]) * self.px
+        margin = scale + 1.0
+        cx = margin + o[:, 1] * (size - 2 * margin)
+        cy = margin + o[:, 2] * (size - 2 * margin)
+        alpha = np.zeros((n, size, size), dtype=np.float32)
+        for shape in range(len(SHAPES)):
+            sel = labels == shape
+            if not sel.any():
+                continue
+            s = scale[sel][:, None, None]
+            u = (self.xs - cx[sel][:, None, None]) / s
+            v = (self.ys - cy[sel][:, None, None]) / s
+            alpha[sel] = _coverage(_shape_sdf(shape, u, v) * s)
+        return alpha
+
+
+def _boxes(alpha: np.ndarray, size: int) -> np.ndarray:
+    """``xyxy`` pixel edges (B, 4) of every pixel the object touches."""
+    boxes = np.zeros((alpha.shape[0], 4), dtype=np.float32)
+    cols, rows = alpha.max(axis=1) > 0, alpha.max(axis=2) > 0  # (B, S) each
+    boxes[:, 0] = cols.argmax(axis=1)
+    boxes[:, 2] = size - cols[:, ::-1].argmax(axis=1)
+    boxes[:, 1] = rows.argmax(axis=1)
+    boxes[:, 3] = size - rows[:, ::-1].argmax(axis=1)
+    return boxes
+
+
 def render_shapes(
     indices: np.ndarray | range,
     *,
@@ -142,79 +217,23 @@ def render_shapes(
     """
     check_choice("split", split, tuple(SPLITS))
     idx = np.asarray(indices, dtype=np.int64)
-    n, size, px = idx.shape[0], img_size, img_size / 32.0  # px: lengths are tuned at 32 px
-    keys = _sample_keys(seed, SPLITS[split], idx)
+    n, size = idx.shape[0], img_size
+    canvas = _Canvas(_sample_keys(seed, SPLITS[split], idx), size)
     labels = idx % len(SHAPES)
-    grid = (np.arange(size, dtype=np.float32) + 0.5)[None, :]  # pixel centres (1, S)
-    ys, xs = grid[:, :, None], grid[:, None, :]  # (1, S, 1), (1, 1, S)
-
-    # Background: a linear gradient between two dark colours along a random direction.
-    r = _uniform(keys, 1, 8)
-    c0 = _hsv_to_rgb(r[:, 0], r[:, 1], 0.05 + 0.3 * r[:, 2])
-    c1 = _hsv_to_rgb(r[:, 3], r[:, 4], 0.05 + 0.3 * r[:, 5])
-    ang = 2 * np.pi * r[:, 6]
-    dx, dy = np.cos(ang)[:, None, None], np.sin(ang)[:, None, None]
-    t = np.clip((dx * (xs - size / 2) + dy * (ys - size / 2)) / size + 0.5, 0.0, 1.0)
-    t = t[:, None]  # (B, S, S) -> (B, 1, S, S)
-    img = c0[:, :, None, None] * (1 - t) + c1[:, :, None, None] * t  # (B, 3, S, S)
-    invert = r[:, 7] < 0.5
-
-    def bright(stream: int) -> np.ndarray:  # colours of objects and distractors (B, 3)
-        c = _uniform(keys, stream, 3)
-        return _hsv_to_rgb(c[:, 0], 0.3 + 0.7 * c[:, 1], 0.65 + 0.35 * c[:, 2])
-
-    def distractor(k: int) -> None:  # a thin segment or a thin ellipse
-        d = _uniform(keys, 100 + k, 9)
-        cx, cy = d[:, 0] * size, d[:, 1] * size
-        ang = np.pi * d[:, 2]
-        ca, sa = np.cos(ang)[:, None, None], np.sin(ang)[:, None, None]
-        du, dv = xs - cx[:, None, None], ys - cy[:, None, None]
-        along, across = du * ca + dv * sa, -du * sa + dv * ca  # (B, S, S)
-        half_len = (0.15 + 0.3 * d[:, 3])[:, None, None] * size
-        width = ((0.5 + 0.6 * d[:, 4]) * px)[:, None, None]
-        seg = np.hypot(np.maximum(np.abs(along) - half_len, 0.0), across) - width / 2
-        a = ((2.0 + 2.5 * d[:, 5]) * px)[:, None, None]  # ellipse semi-axes a > 3 b
-        b = a * (0.2 + 0.1 * d[:, 6])[:, None, None]
-        ell = (np.sqrt((along / a) ** 2 + (across / b) ** 2) - 1.0) * b
-        dist = np.where((d[:, 7] < 0.5)[:, None, None], seg, ell)
-        alpha = _coverage(dist) * (d[:, 8] < 0.85)[:, None, None]  # ~15% left out
-        _blend(img, alpha.astype(np.float32), bright(200 + k))
-
+    img, invert = canvas.background()
     above = range(0, clutter, 3)  # every third distractor is drawn over the object
     for k in range(clutter):
         if k not in above:
-            distractor(k)
-
-    # The class object: half size SCALE (7-16 px wide at 32 px), fully inside the image.
-    o = _uniform(keys, 2, 3)
-    scale = (SCALE[0] + (SCALE[1] - SCALE[0]) * o[:, 0]) * px
-    margin = scale + 1.0
-    cx = margin + o[:, 1] * (size - 2 * margin)
-    cy = margin + o[:, 2] * (size - 2 * margin)
-    alpha = np.zeros((n, size, size), dtype=np.float32)
-    for shape in range(len(SHAPES)):
-        sel = labels == shape
-        if not sel.any():
-            continue
-        s = scale[sel][:, None, None]
-        u = (xs - cx[sel][:, None, None]) / s
-        v = (ys - cy[sel][:, None, None]) / s
-        alpha[sel] = _coverage(_shape_sdf(shape, u, v) * s)
+            canvas.distractor(img, k)
+    alpha = canvas.object_alpha(labels)
     if draw_object:
-        _blend(img, alpha, bright(3))
+        _blend(img, alpha, canvas.bright(3))
     for k in above:
-        distractor(k)
+        canvas.distractor(img, k)
     img[invert] = 1.0 - img[invert]
-    img += (2 * _uniform(keys, 4, 3 * size * size) - 1).reshape(n, 3, size, size) * noise
+    img += (2 * _uniform(canvas.keys, 4, 3 * size * size) - 1).reshape(n, 3, size, size) * noise
     pixels = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-
-    boxes = np.zeros((n, 4), dtype=np.float32)  # every pixel the object touches
-    cols, rows = alpha.max(axis=1) > 0, alpha.max(axis=2) > 0  # (B, S) each
-    boxes[:, 0] = cols.argmax(axis=1)
-    boxes[:, 2] = size - cols[:, ::-1].argmax(axis=1)
-    boxes[:, 1] = rows.argmax(axis=1)
-    boxes[:, 3] = size - rows[:, ::-1].argmax(axis=1)
-    return torch.from_numpy(pixels), torch.from_numpy(labels), torch.from_numpy(boxes)
+    return torch.from_numpy(pixels), torch.from_numpy(labels), torch.from_numpy(_boxes(alpha, size))
 
 
 @functools.lru_cache(maxsize=4)
