@@ -91,7 +91,7 @@ class ImageFolderRGB(ImageFolder):
             the training split's classes for the val split, so labels agree.
         transform: per-sample transform of the RGB PIL image.
         check_files: open every file's header at scan time and leave out non-images
-            (about 50 us a file); without it they are caught when loaded.
+            (a small cost per file); without it they are caught when loaded.
 
     Raises:
         DatasetNotFoundError: ``root`` is missing or holds no readable image.

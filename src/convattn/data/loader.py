@@ -85,9 +85,9 @@ def build_loader(
         train: shuffle (seeded by ``seed`` and the epoch) and, by default, drop the last
             incomplete batch; ``False`` keeps the order and every sample.
         workers: loader processes (0 loads in the calling process); they persist
-            across epochs. In-memory datasets cost about 60 us a sample, so on a machine
+            across epochs. In-memory datasets cost little per sample, so on a machine
             with few cores ``workers=0`` is usually fastest: worker processes would
-            compete with the model's threads for the same cores.
+            compete with the model's threads for the same cores (BENCHMARKS.md).
         seed: seed of the shuffling and of the workers' augmentation.
         distributed: give each rank its share (rank and world size from the process
             group unless given). Evaluation shares are padded to equal length by

@@ -1,7 +1,7 @@
 """Decode a small-image class folder once into memory, cached on disk.
 
-A 32 px JPEG takes longer to open and decode (about 50-100 us) than a small network
-takes to train on it, and the CPU cores are shared with the model; so images of at most
+A 32 px JPEG can take longer to open and decode than a small network takes to train on
+it, and the CPU cores are shared with the model; so images of at most
 64 px are decoded once into a ``uint8`` tensor ``(N, 3, H, W)`` (CIFAR-10: 150 MB) and
 saved in the cache, keyed by the folder's path and every file's name, size and
 modification time: any change to the folder decodes it again.

@@ -10,9 +10,9 @@ over the object (partial occlusion), half the images are inverted (light backgro
 dark objects) and every pixel gets a little uniform noise. Sample ``i`` has label
 ``i % 10``, so every split is exactly balanced.
 
-Difficulty (default settings, 5000 training images): a 5-layer CNN of 0.14M parameters
-is near chance after one epoch and reaches about 97% validation accuracy after ten
-(``benchmarks/synthetic_learnability.py``), leaving room to compare architectures.
+Difficulty (default settings, 5000 training images): networks start near chance and the
+demo's CIFAR ResNet-20 needs several epochs to reach a few percent validation error (its
+table is in BENCHMARKS.md), leaving room to compare architectures.
 
 All ten shapes are left-right symmetric, so horizontal flips keep the label. The object's
 bounding box (``xyxy`` pixels, every pixel the object touches) is kept in

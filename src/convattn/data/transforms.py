@@ -6,7 +6,7 @@ Work is split in two so that the cheap part runs once per batch:
   ``uint8`` tensor, giving a ``(3, H, W)`` ``uint8`` tensor;
 * per batch (:func:`normalize_transform`): ``uint8 -> float32`` in [0, 1] and
   normalisation by the dataset's mean and std, on the stacked ``(N, 3, H, W)`` batch
-  (about 1 us an image instead of about 30 us when done image by image).
+  (one vectorised pass instead of one small call per image).
 
 Styles: "imagenet" (the paper's: RandomResizedCrop + flip; evaluation resizes the short
 side to ``round(img_size * 256 / 224)`` and centre-crops ``img_size``), "cifar"

@@ -1,7 +1,7 @@
 """Just-in-time build of the fused CPU kernels in ``convattn/fused/csrc``.
 
 The C++ sources are compiled on first use with :func:`torch.utils.cpp_extension.load`
-(needs a C++ compiler and ninja; takes tens of seconds once). Builds are cached in a
+(needs a C++ compiler and ninja; once per machine and source version). Builds are cached in a
 directory keyed by the sources, the compiler flags, the compiler, the CPU's instruction-set
 flags and the torch and Python versions, so ``-march=native`` code is only ever loaded on
 the kind of CPU it was built for. Set ``CONVATTN_EXTENSIONS_DIR`` to move the cache
