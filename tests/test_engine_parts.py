@@ -103,13 +103,19 @@ def test_convert_sync_batchnorm_keeps_parameters_statistics_and_mode():
         assert torch.equal(v, want[k]), k
 
 
-def _group_bn_step(x: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One training step of GroupBatchNorm on this process's part ``x`` of the batch, with
-    output gradient ``g``: output, input gradient, parameter gradients, running stats."""
-    bn = GroupBatchNorm(3, momentum=0.5).double()
+def _bn(cls: type[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    """A float64 BatchNorm of 3 channels with fixed, non-trivial affine parameters."""
+    bn = cls(3, momentum=0.5).double()
     with torch.no_grad():
         bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
         bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    return bn
+
+
+def _group_bn_step(x: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One training step of GroupBatchNorm on this process's part ``x`` of the batch, with
+    output gradient ``g``: output, input gradient, parameter gradients, running stats."""
+    bn = _bn(GroupBatchNorm)
     x = x.clone().requires_grad_()
     y = bn(x)
     y.backward(g)
@@ -165,10 +171,7 @@ def test_group_batchnorm_over_two_processes_equals_batchnorm_on_the_joined_batch
     assert child.returncode == 0, err.decode()
     got.append(torch.load(tmp_path / "rank1_out.pt"))
 
-    ref = nn.BatchNorm2d(3, momentum=0.5).double()
-    with torch.no_grad():
-        ref.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
-        ref.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    ref = _bn(nn.BatchNorm2d)
     xr = x.clone().requires_grad_()
     y = ref(xr)
     y.backward(g)

@@ -21,7 +21,7 @@ import reference as ref
 from convattn.layers import get_attention
 from convattn.models.blocks import BasicBlock, Bottleneck, make_shortcut
 from fused_spy import spy_fused
-from test_fused_cbam import _close, _run, _x, compile_recording
+from test_fused_cbam import _close, _run, _x, compile_recording, gradcheck_module
 
 CL = torch.channels_last
 
@@ -305,13 +305,6 @@ def test_gradcheck_of_a_block_with_the_fused_tail(attn, train, calls):
     name, kw = ATTNS[attn]
     kw = {**kw, "reduction": 2, **({"kernel_size": 3} if name == "cbam" else {})}
     _, block = _pair(_block("basic", 4, 4, 1, name, **kw), torch.float64, train)
-    names = [n for n, _ in block.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in block.parameters()]
-
-    def f(x, *ps):
-        return torch.func.functional_call(block, dict(zip(names, ps, strict=True)), (x,))
-
-    x = _x(2, 4, 4, 3).requires_grad_()
-    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
+    assert gradcheck_module(block, _x(2, 4, 4, 3))
     assert set(calls["forward"]) == {(2 if train else 1, True, True)}  # every call fused
     assert calls["backward"] > 0

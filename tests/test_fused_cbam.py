@@ -37,6 +37,18 @@ def _x(*shape, dtype=torch.float64, seed=0, fmt=torch.contiguous_format):
     )
 
 
+def gradcheck_module(module, x):
+    """float64 gradcheck of ``module(x)`` in ``x`` and in every parameter of ``module``."""
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+
+    def f(x, *ps):
+        return torch.func.functional_call(module, dict(zip(names, ps, strict=True)), (x,))
+
+    x = x.detach().clone().requires_grad_()
+    return torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
+
+
 def _pair(c, arrangement="channel-spatial", dtype=torch.float64, train=True, **kw):
     """(eager, fused) modules with identical random weights and BatchNorm statistics."""
     if arrangement == "channel-only":
@@ -182,14 +194,7 @@ def test_squeeze_excite_and_channel_attention_use_the_channel_kernel(pools, call
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_gradcheck_fused_float64(arrangement, train, calls):
     _, m = _pair(8, arrangement, reduction=2, kernel_size=3, train=train)
-    names = [n for n, _ in m.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
-
-    def f(x, *ps):
-        return torch.func.functional_call(m, dict(zip(names, ps, strict=True)), (x,))
-
-    x = _x(2, 8, 4, 3).requires_grad_()
-    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
+    assert gradcheck_module(m, _x(2, 8, 4, 3))
     assert calls["forward"] > 0 and calls["backward"] > 0
 
 
