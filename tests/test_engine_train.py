@@ -47,6 +47,9 @@ def test_one_epoch_reduces_the_loss_and_writes_the_run_folder(tmp_path):
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     for name in ("config.yaml", "train.log", "checkpoint.pt", "best.safetensors", "summary.md"):
         assert (run / name).is_file(), name
+    dataset = json.loads((run / "dataset.json").read_text())
+    assert dataset["name"] == "synthetic" and dataset["img_size"] == 32
+    assert len(dataset["classes"]) == 10 and dataset["classes"][0] == "disk"
     summary = json.loads((run / "summary.json").read_text())[0]
     assert summary["model"] == "cifar_resnet20_cbam" and summary["params_m"] == row["params_m"]
     assert load_config(run / "config.yaml").model == "cifar_resnet20_cbam"

@@ -83,6 +83,7 @@ def _fit(cfg: Config, run: Run, dist: DistInfo, device: torch.device, ckpt: dict
         log.info("run %s already finished (%d epochs); nothing to train", run.dir, ckpt["epoch"])
         return json.loads(summary.read_text())[0]
     data = build_data(cfg, dist, progress=dist.is_main and cfg.run.progress)
+    run.describe_dataset(data.info)
     job = _Job(cfg, run, dist, data, build_parts(cfg, data, device, dist), TrainState())
     if ckpt is not None:
         job.state = restore_training_state(ckpt, job.parts)

@@ -1,6 +1,8 @@
 """The run folder: where a training run leaves everything a person or a script reads.
 
-``<output>/<name>/`` holds ``config.yaml`` (the resolved recipe), ``train.log``,
+``<output>/<name>/`` holds ``config.yaml`` (the resolved recipe), ``dataset.json`` (the
+dataset's name, class names, normalisation and image size, for tools that read the run
+without its data), ``train.log``,
 ``metrics.jsonl`` (one JSON object per epoch), ``checkpoint.pt`` (the latest, for
 ``--resume``), ``best.safetensors`` (the best weights), ``summary.json`` and
 ``summary.md`` (the paper-style table) and, optionally, TensorBoard event files.
@@ -10,6 +12,7 @@ resumed one appends to its log and metrics and never rewrites its ``config.yaml`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -109,6 +112,12 @@ class Run:
             for k, v in record.items():
                 if isinstance(v, int | float) and k != "epoch":
                     self.tb.add_scalar(k, v, step)
+
+    def describe_dataset(self, info: Any) -> None:
+        """Write ``dataset.json`` from a :class:`~convattn.data.DatasetInfo` (once)."""
+        path = self.dir / "dataset.json"
+        if self.main and not path.exists():
+            path.write_text(json.dumps(dataclasses.asdict(info), indent=2) + "\n")
 
     def append_missing(self, record: dict[str, Any]) -> None:
         """Append ``record`` unless ``metrics.jsonl`` already holds its epoch (a run
