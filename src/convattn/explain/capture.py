@@ -72,7 +72,8 @@ def capture_attention(
     model: nn.Module, images: torch.Tensor, *, eval_mode: bool = True
 ) -> AttentionCapture:
     """Run ``model`` on ``images`` (N, C, H, W) once and return its output with the maps
-    of every CBAM and BAM module in it (none found: an empty dict).
+    of every CBAM and BAM module in it (none found: an empty dict; a module called twice
+    keeps the maps of its last call).
 
     ``eval_mode=False`` keeps the model's own modes (see :class:`GradCAM`)."""
     images = check_images(images)
