@@ -81,11 +81,15 @@ class BAM(nn.Module):
         layers += [nn.Conv2d(hidden, 1, 1, bias=False), nn.BatchNorm2d(1)]
         self.spatial = nn.Sequential(*layers)
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """``sigma(Mc(x) + Ms(x))``, (N, C, H, W) -> (N, C, H, W)."""
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two maps before the sum: ``Mc(x)`` (N, C) and ``Ms(x)`` (N, 1, H, W)."""
         check_feature_map(x, self.channels, "BAM")
         mc = self.channel_bn(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))))  # (N, C)
-        ms = self.spatial(x)  # (N, 1, H, W)
+        return mc, self.spatial(x)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """``sigma(Mc(x) + Ms(x))``, (N, C, H, W) -> (N, C, H, W)."""
+        mc, ms = self.branches(x)
         return torch.sigmoid(mc[:, :, None, None] + ms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

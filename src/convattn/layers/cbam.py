@@ -83,6 +83,21 @@ class CBAM(nn.Module):
                 channels, kernel_size=kernel_size, pooling=spatial_pooling, norm=spatial_norm
             )
 
+    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The two maps ``forward`` multiplies in, by the eager operations: the channel gate
+        Mc (N, C, 1, 1) and the spatial gate Ms (N, 1, H, W) (``None`` without the spatial
+        branch), each computed from the input it sees in this arrangement."""
+        check_feature_map(x, self.channels, "CBAM")
+        mc = self.channel._gate(x)
+        if self.spatial is None:
+            return mc, None
+        if self.arrangement == "channel-spatial":
+            return mc, self.spatial._gate(x * mc)
+        if self.arrangement == "spatial-channel":
+            ms = self.spatial._gate(x)
+            return self.channel._gate(x * ms), ms
+        return mc, self.spatial._gate(x)  # parallel: both from x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels, "CBAM")
         if self.impl != "eager" and (y := accelerated(self, x)) is not None:
