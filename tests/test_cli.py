@@ -99,6 +99,11 @@ def test_demo_quick_trains_three_models_and_prints_their_summaries(tmp_path, cap
             assert value == round(row[key], digits), key
     # SE adds the channel MLPs to the baseline, CBAM also the spatial convolutions.
     assert rows[0]["params_m"] < rows[1]["params_m"] < rows[2]["params_m"]
+    # It ends with the report of its three runs.
+    report = folder / "report.html"
+    assert f"report: {report}" in out
+    page = report.read_text(encoding="utf-8")
+    assert all(f"<td>{m}</td>" in page for m in models) and page.count("<img ") == 3
 
 
 def test_models_and_summary(capsys):

@@ -2,7 +2,8 @@
 
 Trains a CIFAR-style ResNet-20 baseline and the same network with CBAM and with SE on the
 generated shapes dataset (the ``demo`` recipe), then prints the paper-style comparison
-table and saves it with the three run folders.
+table, saves it with the three run folders and writes the HTML report of the runs
+(``report.html``: curves, Grad-CAM, CBAM's spatial maps, localisation scores).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch, 10 steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.set_defaults(func=run)
 
 
@@ -53,4 +55,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(table)
     print(f"\nrun folders and summary: {folder}")
+    if not args.no_report:
+        from ..report import build_report
+
+        samples = 64 if args.quick else 256
+        path = build_report([r["run_dir"] for r in rows], folder / "report.html", samples=samples)
+        print(f"report: {path}")
     return 0

@@ -23,7 +23,14 @@ from typing import Any
 
 from .config import Config, save_config
 
-__all__ = ["RUN_FILES", "Run", "format_table", "read_metrics", "write_summary"]
+__all__ = [
+    "RUN_FILES",
+    "SUMMARY_COLUMNS",
+    "Run",
+    "format_table",
+    "read_metrics",
+    "write_summary",
+]
 
 #: Files whose presence means a folder holds a run.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt")
@@ -75,11 +82,11 @@ class Run:
         handler = logging.FileHandler(self.dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
-        self._handler = handler
+        self._handler, self._console, self._level = handler, None, log.level
         if not any(isinstance(h, _Console) for h in log.handlers):
-            console = _Console()
-            console.setFormatter(logging.Formatter("%(message)s"))
-            log.addHandler(console)
+            self._console = _Console()
+            self._console.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(self._console)
         log.setLevel(logging.INFO)
         if cfg.run.tensorboard:
             try:
@@ -139,9 +146,13 @@ class Run:
             self.tb.close()
         log.removeHandler(self._handler)
         self._handler.close()
+        if self._console is not None:  # leave the logger as it was found
+            log.removeHandler(self._console)
+        log.setLevel(self._level)
 
 
-_COLUMNS = [
+#: (heading, key, format) of the summary table's columns: the paper's Table 4 and images/s.
+SUMMARY_COLUMNS = [
     ("model", "model", "{}"),
     ("params (M)", "params_m", "{:.2f}"),
     ("GFLOPs", "gmacs", "{:.3f}"),
@@ -154,11 +165,11 @@ _COLUMNS = [
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table in the layout of the CBAM paper's Table 4 (plus throughput)."""
-    lines = ["| " + " | ".join(c[0] for c in _COLUMNS) + " |"]
-    lines.append("| --- |" + " ---: |" * (len(_COLUMNS) - 1))
+    lines = ["| " + " | ".join(c[0] for c in SUMMARY_COLUMNS) + " |"]
+    lines.append("| --- |" + " ---: |" * (len(SUMMARY_COLUMNS) - 1))
     for row in rows:
         cells = []
-        for _, key, fmt in _COLUMNS:
+        for _, key, fmt in SUMMARY_COLUMNS:
             v = row.get(key)
             cells.append("-" if v is None else fmt.format(v))
         lines.append("| " + " | ".join(cells) + " |")
