@@ -8,9 +8,10 @@ namespace {
 template <typename T>
 struct BwdScratch {
   std::vector<T> buf;
+  std::vector<double> wide;  // the gate sums' scattered max entries, in double
   T *ms, *t, *gsbn, *G, *gm, *dmc, *gva, *gvm, *tc, *chs, *chb, *zs, *os, *h, *gr, *ghs, *cbuf;
   BwdScratch(idx_t C, idx_t HW, idx_t Hd, int P, idx_t conv_scratch)
-      : buf(8 * HW + 9 * C + 2 * P * Hd + 2 * Hd + conv_scratch) {
+      : buf(8 * HW + 9 * C + 2 * P * Hd + 2 * Hd + conv_scratch), wide(6 * C) {
     T* q = buf.data();
     auto take = [&q](idx_t n) {
       T* r = q;
@@ -115,7 +116,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   };
   // x-weighted sums of the pooling maps' gradients G_j (max map, then mean map), which the
   // channel gate gets: zs[j][c] = sum_p x G_j[HW + p] / C + sum_{p: ic[p] = c} x G_j[p]
-  // (x = z with a folded BatchNorm) and, with one, the unweighted sums os[j][c].
+  // (x = z with a folded BatchNorm) and, with one, the unweighted sums os[j][c]. One
+  // channel may hold the max at most positions: its entries are summed in double.
   auto gate_sums = [&](idx_t n, int Jn, const T* const* Gs, T* const* zs, T* const* os,
                        BwdScratch<T>& w) {
     const T* xn = xp + n * C * HW;
@@ -125,20 +127,28 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       for (idx_t p = 0; p < HW; ++p) gm[p] = Gs[j][HW + p] * invC;
       wts[j] = gm;
     }
-    wsum_over_pos(S, xn, Jn, wts, zs);
+    wsum_over_pos(S, xn, Jn, wts, static_cast<const T*>(nullptr), zs);
     const int32_t* icn = icp + n * HW;
-    for (int j = 0; os && j < Jn; ++j) {
-      T tot = 0;
-      for (idx_t p = 0; p < HW; ++p) tot += wts[j][p];
-      std::fill(os[j], os[j] + C, tot);
+    double* zd = w.wide.data();
+    double* od = zd + 3 * C;
+    for (int j = 0; j < Jn; ++j) {
+      double tot = 0;
+      for (idx_t p = 0; os && p < HW; ++p) tot += double(wts[j][p]);
+      for (idx_t c = 0; c < C; ++c) zd[j * C + c] = double(zs[j][c]), od[j * C + c] = tot;
     }
     for (idx_t p = 0; p < HW; ++p) {
-      const T xv = xn[S.at(icn[p], p)];
+      const idx_t c = icn[p];
+      const double xv = double(xn[S.at(c, p)]);
       for (int j = 0; j < Jn; ++j) {
-        zs[j][icn[p]] += xv * Gs[j][p];
-        if (os) os[j][icn[p]] += Gs[j][p];
+        zd[j * C + c] += xv * double(Gs[j][p]);
+        od[j * C + c] += double(Gs[j][p]);
       }
     }
+    for (int j = 0; j < Jn; ++j)
+      for (idx_t c = 0; c < C; ++c) {
+        zs[j][c] = T(zd[j * C + c]);
+        if (os) os[j][c] = T(od[j * C + c]);
+      }
   };
   // The per-channel factors of the gated map x mc = z chs + chb (cs arrangement).
   auto gated = [&](idx_t n, BwdScratch<T>& w) -> const T* {
@@ -155,12 +165,12 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     T* s2 = s2_all.data() + n * C;
     T* s1 = head ? s1_all.data() + n * C : nullptr;
     if (!spatial) {
-      reduce_sample<T>(S, gy, xn, one_c, one_p, nullptr, s2, s1, nullptr);
+      reduce_sample<T>(S, gy, xn, one_c, one_p, nullptr, nullptr, s2, s1, nullptr);
       return;
     }
-    sigmoid_map(sp + n * HW, HW, A, B, w.ms);
+    sigmoid_map(sp + n * HW, HW, A, T(0), B, w.ms);
     const T* chb = gated(n, w);
-    reduce_sample<T>(S, gy, xn, w.chs, w.ms, chb, s2, s1, w.t);
+    reduce_sample<T>(S, gy, xn, w.chs, w.ms, chb, nullptr, s2, s1, w.t);
     if (arr != kChannelSpatial) mlp_bwd(n, s2, w);  // the channel gate's input is x1 or x
     if (arr == kSpatialChannel) {  // x1 = x ms: the channel gate adds to d loss / d ms
       for (idx_t c = 0; c < C; ++c) w.tc[c] = w.gva[c] * invHW;
@@ -275,7 +285,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     const T* G = hsync && spatial ? Gm_all.data() + n * 2 * HW : w.G;
     const T* gmax = G;
     const T* gmean = G + HW;  // already / C
-    if (spatial) sigmoid_map(sp + n * HW, HW, A, B, w.ms);
+    if (spatial) sigmoid_map(sp + n * HW, HW, A, T(0), B, w.ms);
     const T* ms = spatial ? w.ms : one_p;
     const int32_t* ih = ihwp + n * C;
     const int32_t* icn = icp + n * HW;
@@ -291,7 +301,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       }
       const bool cs_arr = arr == kChannelSpatial;
       write_sample(S, gy, out, U, ms, cs_arr ? U : zero_c, cs_arr ? gmean : zero_p, D, zero_p,
-                   hsync ? xp + off : nullptr, hsync ? k1.data() : nullptr);
+                   hsync ? xp + off : nullptr, hsync ? k1.data() : nullptr, zero_c);
       if (st.mx)
         for (idx_t c = 0; c < C; ++c) out[S.at(c, ih[c])] += (head ? ha[c] : T(1)) * gvm[c];
       if (cs_arr)
@@ -402,10 +412,14 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     products(0, Hd + C);
   else
     at::parallel_for(0, Hd + C, 16, products);
-  std::vector<T> ones(P * N, T(1));  // sums over samples as products with ones
-  outer_sum(ones.data(), ghp, P * N, 1, Hd, gb1.data_ptr<T>(), 0, 1);
-  outer_sum(ones.data(), glp, N, 1, C, gb2.data_ptr<T>(), 0, 1);
-  gb2.mul_(double(P));
+  auto batch_sum = [](const T* rows, idx_t Q, idx_t b, double scale, T* out) {  // in double
+    std::vector<double> acc(b, 0.0);
+    for (idx_t q = 0; q < Q; ++q)
+      for (idx_t j = 0; j < b; ++j) acc[j] += double(rows[q * b + j]);
+    for (idx_t j = 0; j < b; ++j) out[j] = T(scale * acc[j]);
+  };
+  batch_sum(ghp, P * N, Hd, 1.0, gb1.data_ptr<T>());
+  batch_sum(glp, N, C, double(P), gb2.data_ptr<T>());
   if (spatial) {
     std::vector<double> acc(2 * k * k, 0.0);
     for (idx_t i = 0; i < N; ++i)

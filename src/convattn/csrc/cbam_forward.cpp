@@ -76,17 +76,17 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, co
     T* zs = zsp + n * C;
     const T* one_c = st.ones_c.data();
     const T* one_p = st.ones_p.data();
-    pool_sample<T>(S, zn, one_c, one_p, nullptr, zs, zmax.data() + n * C,
+    pool_sample<T>(S, zn, one_c, one_p, nullptr, nullptr, zs, zmax.data() + n * C,
                    idx ? imax.data() + n * C : nullptr, nullptr, nullptr, nullptr);
     if (need_min) {  // min z = -max(-z)
       T* zn_min = zmin.data() + n * C;
-      pool_sample<T>(S, zn, minus_c.data(), one_p, nullptr, w.csum, zn_min,
+      pool_sample<T>(S, zn, minus_c.data(), one_p, nullptr, nullptr, w.csum, zn_min,
                      idx ? imin.data() + n * C : nullptr, nullptr, nullptr, nullptr);
       for (idx_t c = 0; c < C; ++c) zn_min[c] = -zn_min[c];
     }
     if (head == kHeadBatch) {
       for (idx_t c = 0; c < C; ++c) w.mean[c] = zs[c] / T(HW);
-      sq_dev_sample(S, zn, w.mean, zm2.data() + n * C);
+      sq_dev_sample(S, zn, w.mean, zm2.data() + n * C, static_cast<T*>(nullptr));
     }
   };
   auto head_affine = [&] {
@@ -154,8 +154,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, co
   // Spatial pooling maps of x cs, the conv output s and its moments.
   auto spatial_logits = [&](idx_t n, FwdScratch<T>& w, const T* xn, const T* cs, const T* chb) {
     T* mp = mapsp + n * 2 * HW;
-    pool_sample<T>(S, xn, cs, st.ones_p.data(), chb, nullptr, nullptr, nullptr, mp + HW, mp,
-                   idx ? icp + n * HW : nullptr);
+    pool_sample<T>(S, xn, cs, st.ones_p.data(), chb, nullptr, nullptr, nullptr, nullptr, mp + HW,
+                   mp, idx ? icp + n * HW : nullptr);
     const T inv = T(1) / T(C);
     for (idx_t p = 0; p < HW; ++p) mp[HW + p] *= inv;
     st.conv.forward(mp, st.cw, sp + n * HW, w.cbuf);
@@ -171,8 +171,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, co
       if (head)
         head_pools(n, w.csum, w.cmax, w.cidx);
       else
-        pool_sample<T>(S, xn, st.ones_c.data(), st.ones_p.data(), nullptr, w.csum, w.cmax,
-                       idx ? w.cidx : nullptr, nullptr, nullptr, nullptr);
+        pool_sample<T>(S, xn, st.ones_c.data(), st.ones_p.data(), nullptr, nullptr, w.csum,
+                       w.cmax, idx ? w.cidx : nullptr, nullptr, nullptr, nullptr);
       channel_gate(n, w.csum, w.cmax, cidx, w.h);
       if (st.arr == kChannelSpatial) {
         const T* chb = gated(w, mcp + n * C);
@@ -180,8 +180,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, co
       }
     } else if (st.arr == kParallel) {
       T* mp = mapsp + n * 2 * HW;
-      pool_sample<T>(S, xn, st.ones_c.data(), st.ones_p.data(), nullptr, w.csum, w.cmax,
-                     idx ? w.cidx : nullptr, mp + HW, mp, idx ? icp + n * HW : nullptr);
+      pool_sample<T>(S, xn, st.ones_c.data(), st.ones_p.data(), nullptr, nullptr, w.csum,
+                     w.cmax, idx ? w.cidx : nullptr, mp + HW, mp, idx ? icp + n * HW : nullptr);
       channel_gate(n, w.csum, w.cmax, cidx, w.h);
       const T inv = T(1) / T(C);
       for (idx_t p = 0; p < HW; ++p) mp[HW + p] *= inv;
@@ -197,17 +197,17 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const Setup<T>& st, co
     const T* xn = xp + n * C * HW;
     const T* ps = st.ones_p.data();
     if (spatial) {
-      sigmoid_map(sp + n * HW, HW, T(aff[0]), T(aff[1]), w.ms);
+      sigmoid_map(sp + n * HW, HW, T(aff[0]), T(0), T(aff[1]), w.ms);
       ps = w.ms;
     }
     if (st.arr == kSpatialChannel) {
-      pool_sample<T>(S, xn, st.ones_c.data(), w.ms, nullptr, w.csum, w.cmax,
+      pool_sample<T>(S, xn, st.ones_c.data(), w.ms, nullptr, nullptr, w.csum, w.cmax,
                      idx ? w.cidx : nullptr, nullptr, nullptr, nullptr);
       channel_gate(n, w.csum, w.cmax, idx ? w.cidx : nullptr, w.h);
     }
     const T* chb = gated(w, mcp + n * C);
     const idx_t off = n * C * HW;
-    scale_sample(S, xn, yp + off, w.chs, ps, chb, scp ? scp + off : nullptr, a.relu);
+    scale_sample<T>(S, xn, yp + off, w.chs, ps, chb, nullptr, scp ? scp + off : nullptr, a.relu);
   };
 
   // Loops in alternating directions: each starts on the samples the last one left in cache.
