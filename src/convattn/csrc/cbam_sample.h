@@ -149,9 +149,9 @@ void for_each_sample(idx_t N, F&& body, bool reverse = false) {
   if (sh->error) std::rethrow_exception(sh->error);
 }
 
-// Per-channel factors of a channel-gated map behind a folded BatchNorm x = ha z + hb:
-// x cs[c] = z chs[c] + chb[c]. Without the BatchNorm (ha == nullptr) chs = cs and there is
-// no shift: returns chb, or nullptr when there is none.
+// Per-channel factors of a channel-gated map behind a folded BatchNorm x = ha (z - hm) + hb:
+// x cs[c] = (z - hm[c]) chs[c] + chb[c]. Without the BatchNorm (ha == nullptr) chs = cs and
+// there is no shift: returns chb, or nullptr when there is none.
 template <typename T>
 const T* gated_factors(idx_t C, const T* cs, const T* ha, const T* hb, T* chs, T* chb) {
   if (ha == nullptr) {
@@ -412,6 +412,20 @@ std::vector<double> spatial_affine(bool norm, const Moments* batch,
   const double a = (gw ? double(gw[0]) : 1.0) * invstd;
   const double b = (gb ? double(gb[0]) : 0.0) - mean * a;
   return {a, b, mean, invstd, unbiased};
+}
+
+// The spatial gate's logit a (s - c) + b in T, from spatial_affine's {A, B, mean, ...}: c
+// is the logits' mean rounded to T and b absorbs that rounding, so that A s, far larger
+// than the logit where s's mean is large against its spread, is never rounded. Forward and
+// backward take the same values from the same statistics.
+template <typename T>
+struct GateAffine {
+  T a, c, b;
+};
+template <typename T>
+GateAffine<T> gate_affine(const double* aff) {
+  const T c = T(aff[2]);
+  return {T(aff[0]), c, T(aff[1] + aff[0] * double(c))};
 }
 
 }  // namespace convattn

@@ -18,10 +18,11 @@ the spatial pooling maps (N, 2, H*W), the argmax over channels (N, H*W), the spa
 logits before normalisation (N, H*W), the float64 ``[A, B, mean, invstd]`` of the spatial
 gate ``sigmoid(A s + B)``, the batch ``[mean, unbiased var]`` of ``s``; for a folded
 BatchNorm its float64 ``[mean; invstd]`` (2, C), its batch ``[mean; unbiased var]``
-(2, C, batch statistics only) and the per-sample channel sums of ``x`` (N, C). Argmax
-indices are left empty (first dimension 0) without ``need_idx``. Arrangement 0 is the
-channel gate alone (its spatial outputs are empty), 1 channel-spatial, 2 spatial-channel,
-3 parallel; a folded BatchNorm needs arrangement 0 or 1.
+(2, C, batch statistics only) and the per-sample channel sums of ``x`` less that mean
+(rounded to ``x``'s dtype; N, C). Argmax indices are left empty (first dimension 0) without
+``need_idx``. Arrangement 0 is the channel gate alone (its spatial outputs are empty),
+1 channel-spatial, 2 spatial-channel, 3 parallel; a folded BatchNorm needs arrangement 0
+or 1.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ element where ``amax`` splits it evenly between tied maxima (ties have measure z
 real-valued data, except where a BatchNorm weight is exactly zero, as with
 ``zero_init_last``: then every position ties and its gradient goes to the first); the
 gradient is not differentiable again (no double backward); sums are accumulated in a
-different order (float32 results differ from eager's at eager's own rounding level).
+different order (float32 results differ from eager's at eager's own rounding level, also for
+maps whose mean is many times their spread, as in trained networks).
 
 Tracing, scripting, export (ONNX included) and functorch transforms run the eager
 operations. Under ``torch.compile`` the module calls the fused operator, which the compiler
