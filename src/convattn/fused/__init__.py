@@ -33,7 +33,10 @@ element where ``amax`` splits it evenly between tied maxima (ties have measure z
 real-valued data, except where a BatchNorm weight is exactly zero, as with
 ``zero_init_last``: then every position ties and its gradient goes to the first); the
 gradient is not differentiable again (no double backward); sums are accumulated in a
-different order (float32 results differ from eager's at eager's own rounding level).
+different order (float32 results differ from eager's at eager's own rounding level, also for
+maps whose mean is many times their spread, as in trained networks: the folded BatchNorm's
+input and the spatial logits are centred before they are scaled, and long sums are taken
+as short float blocks added in double).
 
 Tracing, scripting, export (ONNX included) and functorch transforms run the eager
 operations. Under ``torch.compile`` the modules call the fused operator, which the

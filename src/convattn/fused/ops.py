@@ -78,7 +78,7 @@ class ForwardOut(NamedTuple):
     batch: Tensor  # batch [mean, unbiased var] of s
     hstats: Tensor  # folded BatchNorm: float64 [mean; invstd] (2, C)
     hbatch: Tensor  # ... its batch [mean; unbiased var] (2, C), batch statistics only
-    zsum: Tensor  # ... per-sample channel sums of its input (N, C)
+    zsum: Tensor  # ... per-sample channel sums of its input less its mean (N, C)
 
 
 class BackwardArgs(NamedTuple):

@@ -28,7 +28,7 @@ struct BwdArgs {
   const at::Tensor* out;  // the forward's output (for the ReLU's mask)
   OptTensor head_w, head_b;
   const at::Tensor* hstats;  // the folded BatchNorm's [mean; invstd] (float64, 2 x C)
-  const at::Tensor* zsum;    // per-sample channel sums of its input (N x C)
+  const at::Tensor* zsum;    // per-sample channel sums of its input less hm (N x C)
 };
 
 // Returns {y, mc, v, idx_hw, maps, idx_c, s, stats, batch, hstats, hbatch, zsum}.

@@ -8,16 +8,19 @@ namespace {
 template <typename T>
 struct BwdScratch {
   std::vector<T> buf;
-  T *ms, *t, *gsbn, *G, *gm, *dmc, *gva, *gvm, *tc, *chs, *chb, *zs, *os, *h, *gr, *ghs, *cbuf;
+  std::vector<double> wide;  // the gate sums' scattered max entries, in double
+  T *ms, *t, *gsbn, *sc, *G, *gm, *dmc, *gva, *gvm, *tc, *chs, *chb, *zs, *os, *h, *gr, *ghs;
+  T* cbuf;
   BwdScratch(idx_t C, idx_t HW, idx_t Hd, int P, idx_t conv_scratch)
-      : buf(8 * HW + 9 * C + 2 * P * Hd + 2 * Hd + conv_scratch) {
+      : buf(9 * HW + 9 * C + 2 * P * Hd + 2 * Hd + conv_scratch), wide(6 * C) {
     T* q = buf.data();
     auto take = [&q](idx_t n) {
       T* r = q;
       q += n;
       return r;
     };
-    ms = take(HW), t = take(HW), gsbn = take(HW), G = take(2 * HW), gm = take(3 * HW);
+    ms = take(HW), t = take(HW), gsbn = take(HW), sc = take(HW), G = take(2 * HW);
+    gm = take(3 * HW);
     dmc = take(C), gva = take(C), gvm = take(C), tc = take(C), chs = take(C), chb = take(C);
     zs = take(C), os = take(C), h = take(P * Hd), gr = take(Hd + C), ghs = take(P * Hd + Hd);
     cbuf = take(conv_scratch);
@@ -56,15 +59,18 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   T* rsp = rsum.data_ptr<T>();
   T* ghp = gh.data_ptr<T>();
   const double* aff = a.stats.data_ptr<double>();
-  const T A = T(aff[0]), B = T(aff[1]);
+  const GateAffine<T> ga = gate_affine<T>(aff);  // the forward's logit a (s - c) + b
+  const T A = ga.a;
   const T invC = T(1) / T(C), invHW = T(1) / T(HW);
   const T* one_c = st.ones_c.data();
   const T* one_p = st.ones_p.data();
   const T* zero_c = st.zeros_c.data();
   const T* zero_p = st.zeros_p.data();
 
-  // The folded BatchNorm in front: x = ha z + hb, and gz = ha gx + k1 z + k0.
-  std::vector<T> ha(head ? C : 0), hb(head ? C : 0), k0(head ? C : 0), k1(head ? C : 0);
+  // The folded BatchNorm in front, centred as in the forward: x = ha (z - hm) + hb, and
+  // gz = ha gx + k1 (z - hm) + k0.
+  std::vector<T> ha(head ? C : 0), hb(head ? C : 0), hm(head ? C : 0);
+  std::vector<T> k0(head ? C : 0), k1(head ? C : 0);
   std::vector<double> mu(head ? C : 0), invstd(head ? C : 0);
   if (head) {
     const double* hs = a.hstats->data_ptr<double>();
@@ -74,10 +80,12 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       mu[c] = hs[c];
       invstd[c] = hs[C + c];
       const double sc = (gam ? double(gam[c]) : 1.0) * invstd[c];
+      hm[c] = T(mu[c]);
       ha[c] = T(sc);
-      hb[c] = T((bet ? double(bet[c]) : 0.0) - mu[c] * sc);
+      hb[c] = T((bet ? double(bet[c]) : 0.0) - (mu[c] - double(hm[c])) * sc);
     }
   }
+  const T* hpiv = head ? hm.data() : nullptr;
   const T* zsump = head ? a.zsum->data_ptr<T>() : nullptr;
 
   // Buffers that cross from one per-sample loop to the next.
@@ -96,7 +104,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   // conv_transpose of a map of ones: the BatchNorm mean term, the same for every sample.
   std::vector<T> g_ones(cs_sync ? 2 * HW : 0);
   if (cs_sync) st.conv.backward_input(one_p, st.cw, g_ones.data(), work[0].cbuf);
-  double cb = 0, cs = 0;  // the normalised logit gradient is A gs + cb + cs s
+  double cb = 0, cs = 0;  // the normalised logit gradient is A gs + cb + cs (s - c)
 
   auto gy_of = [&](idx_t n) { return a.relu ? gscp + n * C * HW : gp + n * C * HW; };
   // MLP backward of sample n from d loss / d mc into w.gva, w.gvm (and gv_all); stores the
@@ -115,7 +123,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   };
   // x-weighted sums of the pooling maps' gradients G_j (max map, then mean map), which the
   // channel gate gets: zs[j][c] = sum_p x G_j[HW + p] / C + sum_{p: ic[p] = c} x G_j[p]
-  // (x = z with a folded BatchNorm) and, with one, the unweighted sums os[j][c].
+  // (x = z - hm with a folded BatchNorm) and, with one, the unweighted sums os[j][c]. One
+  // channel may hold the max at most positions: its entries are summed in double.
   auto gate_sums = [&](idx_t n, int Jn, const T* const* Gs, T* const* zs, T* const* os,
                        BwdScratch<T>& w) {
     const T* xn = xp + n * C * HW;
@@ -125,22 +134,30 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       for (idx_t p = 0; p < HW; ++p) gm[p] = Gs[j][HW + p] * invC;
       wts[j] = gm;
     }
-    wsum_over_pos(S, xn, Jn, wts, zs);
+    wsum_over_pos(S, xn, Jn, wts, hpiv, zs);
     const int32_t* icn = icp + n * HW;
-    for (int j = 0; os && j < Jn; ++j) {
-      T tot = 0;
-      for (idx_t p = 0; p < HW; ++p) tot += wts[j][p];
-      std::fill(os[j], os[j] + C, tot);
+    double* zd = w.wide.data();
+    double* od = zd + 3 * C;
+    for (int j = 0; j < Jn; ++j) {
+      double tot = 0;
+      for (idx_t p = 0; os && p < HW; ++p) tot += double(wts[j][p]);
+      for (idx_t c = 0; c < C; ++c) zd[j * C + c] = double(zs[j][c]), od[j * C + c] = tot;
     }
     for (idx_t p = 0; p < HW; ++p) {
-      const T xv = xn[S.at(icn[p], p)];
+      const idx_t c = icn[p];
+      const double xv = double(xn[S.at(c, p)]) - (hpiv ? double(hpiv[c]) : 0.0);
       for (int j = 0; j < Jn; ++j) {
-        zs[j][icn[p]] += xv * Gs[j][p];
-        if (os) os[j][icn[p]] += Gs[j][p];
+        zd[j * C + c] += xv * double(Gs[j][p]);
+        od[j * C + c] += double(Gs[j][p]);
       }
     }
+    for (int j = 0; j < Jn; ++j)
+      for (idx_t c = 0; c < C; ++c) {
+        zs[j][c] = T(zd[j * C + c]);
+        if (os) os[j][c] = T(od[j * C + c]);
+      }
   };
-  // The per-channel factors of the gated map x mc = z chs + chb (cs arrangement).
+  // The per-channel factors of the gated map x mc = (z - hm) chs + chb (cs arrangement).
   auto gated = [&](idx_t n, BwdScratch<T>& w) -> const T* {
     return gated_factors(C, mcp + n * C, head ? ha.data() : nullptr, hb.data(), w.chs, w.chb);
   };
@@ -155,12 +172,12 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     T* s2 = s2_all.data() + n * C;
     T* s1 = head ? s1_all.data() + n * C : nullptr;
     if (!spatial) {
-      reduce_sample<T>(S, gy, xn, one_c, one_p, nullptr, s2, s1, nullptr);
+      reduce_sample<T>(S, gy, xn, one_c, one_p, nullptr, hpiv, s2, s1, nullptr);
       return;
     }
-    sigmoid_map(sp + n * HW, HW, A, B, w.ms);
+    sigmoid_map(sp + n * HW, HW, ga.a, ga.c, ga.b, w.ms);
     const T* chb = gated(n, w);
-    reduce_sample<T>(S, gy, xn, w.chs, w.ms, chb, s2, s1, w.t);
+    reduce_sample<T>(S, gy, xn, w.chs, w.ms, chb, hpiv, s2, s1, w.t);
     if (arr != kChannelSpatial) mlp_bwd(n, s2, w);  // the channel gate's input is x1 or x
     if (arr == kSpatialChannel) {  // x1 = x ms: the channel gate adds to d loss / d ms
       for (idx_t c = 0; c < C; ++c) w.tc[c] = w.gva[c] * invHW;
@@ -182,11 +199,12 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     }
     gs_sum[2 * n] = g1;
     gs_sum[2 * n + 1] = g2;
-    if (cs_sync) {  // the x-weighted sums of the components gs, 1 and s
+    if (cs_sync) {  // the x-weighted sums of the components gs, 1 and s - c
       T* G0 = G_all.data() + n * 4 * HW;
       T* G2 = G0 + 2 * HW;
       st.conv.backward_input(gs, st.cw, G0, w.cbuf);
-      st.conv.backward_input(sn, st.cw, G2, w.cbuf);
+      for (idx_t p = 0; p < HW; ++p) w.sc[p] = sn[p] - ga.c;
+      st.conv.backward_input(w.sc, st.cw, G2, w.cbuf);
       const T* Gs[3] = {G0, g_ones.data(), G2};
       T* zs[3] = {zs_all.data() + n * C, zs_all.data() + (N + n) * C,
                   zs_all.data() + (2 * N + n) * C};
@@ -211,7 +229,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     if (spatial) {
       const T* sn = sp + n * HW;
       const T* gs = gs_all.data() + n * HW;
-      for (idx_t p = 0; p < HW; ++p) w.gsbn[p] = A * gs[p] + T(cb) + T(cs) * sn[p];
+      for (idx_t p = 0; p < HW; ++p) w.gsbn[p] = A * gs[p] + T(cb) + T(cs) * (sn[p] - ga.c);
       st.conv.backward_weight(mapsp + n * 2 * HW, w.gsbn, gw_acc.data() + n * 2 * k * k, w.cbuf);
       if (cs_sync) {  // conv_transpose is linear: combine the stored components
         const T* G0 = G_all.data() + n * 4 * HW;
@@ -253,9 +271,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     const int32_t* ih = ihwp + n * C;
     double* h1 = hsum.data() + n * 2 * C;
     double* h2 = h1 + C;
-    for (idx_t c = 0; c < C; ++c) {
+    for (idx_t c = 0; c < C; ++c) {  // centred at hm, as zsum
       const double m = double(mcn[c]);
-      const double zmax = st.mx ? double(zn[S.at(c, ih[c])]) : 0.0;
+      const double zmax = st.mx ? double(zn[S.at(c, ih[c])]) - double(hm[c]) : 0.0;
       h1[c] = m * (double(s1[c]) + double(OS[c])) + double(gva[c]) + double(gvm[c]);
       h2[c] = m * (double(s2[c]) + double(ZS[c])) + double(gva[c]) * double(invHW) * zsn[c] +
               double(gvm[c]) * zmax;
@@ -275,7 +293,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     const T* G = hsync && spatial ? Gm_all.data() + n * 2 * HW : w.G;
     const T* gmax = G;
     const T* gmean = G + HW;  // already / C
-    if (spatial) sigmoid_map(sp + n * HW, HW, A, B, w.ms);
+    if (spatial) sigmoid_map(sp + n * HW, HW, ga.a, ga.c, ga.b, w.ms);
     const T* ms = spatial ? w.ms : one_p;
     const int32_t* ih = ihwp + n * C;
     const int32_t* icn = icp + n * HW;
@@ -291,7 +309,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
       }
       const bool cs_arr = arr == kChannelSpatial;
       write_sample(S, gy, out, U, ms, cs_arr ? U : zero_c, cs_arr ? gmean : zero_p, D, zero_p,
-                   hsync ? xp + off : nullptr, hsync ? k1.data() : nullptr);
+                   hsync ? xp + off : nullptr, hsync ? k1.data() : nullptr, hpiv);
       if (st.mx)
         for (idx_t c = 0; c < C; ++c) out[S.at(c, ih[c])] += (head ? ha[c] : T(1)) * gvm[c];
       if (cs_arr)
@@ -314,25 +332,29 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
   // ---- the loops and the batch-wide sums between them ------------------------------------
   int loops = 0;
   auto run = [&](auto&& body) { for_each_sample(N, body, loops++ % 2 == 1); };
-  auto spatial_sums = [&] {  // A (gs - mean(gs) - s_hat mean(gs s_hat)), s_hat = (s - mean) invstd
+  // A (gs - mean(gs) - s_hat mean(gs s_hat)), s_hat = (s - mean) invstd = (s - c + c - mean)
+  // invstd: the logit gradient's affine part in s - c.
+  auto spatial_sums = [&] {
     if (!sync) return;
     double s1 = 0, s2 = 0;
     for (idx_t n = 0; n < N; ++n) s1 += gs_sum[2 * n], s2 += gs_sum[2 * n + 1];
-    const double M = double(N * HW), mean = aff[2], inv = aff[3];
-    cb = -aff[0] * s1 / M + aff[0] * (s2 / M) * inv * mean;
+    const double M = double(N * HW), inv = aff[3];
     cs = -aff[0] * (s2 / M) * inv;
+    cb = -aff[0] * s1 / M + cs * (double(ga.c) - aff[2]);
   };
   std::vector<double> hg(head ? 2 * C : 0);  // sum gx, sum gx z_hat over the batch
   auto head_sums = [&] {
-    for (idx_t c = 0; c < C; ++c) {
+    for (idx_t c = 0; c < C; ++c) {  // t2 = sum gx (z - hm)
       double t1 = 0, t2 = 0;
       for (idx_t n = 0; n < N; ++n) t1 += hsum[n * 2 * C + c], t2 += hsum[n * 2 * C + C + c];
+      const double shift = mu[c] - double(hm[c]);
       hg[c] = t1;
-      hg[C + c] = (t2 - mu[c] * t1) * invstd[c];
+      hg[C + c] = (t2 - shift * t1) * invstd[c];
       if (hsync) {  // gz = ha (gx - mean(gx) - z_hat mean(gx z_hat))
         const double M = double(N * HW), m1 = t1 / M, m2 = hg[C + c] / M;
-        k1[c] = T(-double(ha[c]) * invstd[c] * m2);
-        k0[c] = T(-double(ha[c]) * m1 + double(ha[c]) * invstd[c] * mu[c] * m2);
+        const double kz = -double(ha[c]) * invstd[c] * m2;
+        k1[c] = T(kz);
+        k0[c] = T(-double(ha[c]) * m1 - kz * shift);
       }
     }
   };
@@ -402,10 +424,14 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& g, const at::Tensor& x,
     products(0, Hd + C);
   else
     at::parallel_for(0, Hd + C, 16, products);
-  std::vector<T> ones(P * N, T(1));  // sums over samples as products with ones
-  outer_sum(ones.data(), ghp, P * N, 1, Hd, gb1.data_ptr<T>(), 0, 1);
-  outer_sum(ones.data(), glp, N, 1, C, gb2.data_ptr<T>(), 0, 1);
-  gb2.mul_(double(P));
+  auto batch_sum = [](const T* rows, idx_t Q, idx_t b, double scale, T* out) {  // in double
+    std::vector<double> acc(b, 0.0);
+    for (idx_t q = 0; q < Q; ++q)
+      for (idx_t j = 0; j < b; ++j) acc[j] += double(rows[q * b + j]);
+    for (idx_t j = 0; j < b; ++j) out[j] = T(scale * acc[j]);
+  };
+  batch_sum(ghp, P * N, Hd, 1.0, gb1.data_ptr<T>());
+  batch_sum(glp, N, C, double(P), gb2.data_ptr<T>());
   if (spatial) {
     std::vector<double> acc(2 * k * k, 0.0);
     for (idx_t i = 0; i < N; ++i)

@@ -34,27 +34,81 @@ inline T sigmoid(T z) {
 template <typename T>
 constexpr bool kSimd = std::is_same_v<T, float> && simd::kFloat;
 
-// out[i] = sigmoid(a s[i] + b).
+// Long float sums are blocked (see kBlock): along a row, a vectorised loop's float partial
+// sum covers kChunk terms (kBlock per lane of 16); across rows, column partial sums are
+// added into double every kBlock rows. Double sums need none of it.
 template <typename T>
-void sigmoid_map(const T* s, idx_t n, T a, T b, T* out) {
+constexpr bool kBlocked = !std::is_same_v<T, double>;
+constexpr idx_t kChunk = kBlock * 16;
+
+// sum_{k < n} f(k): float partial sums of kChunk terms added in double.
+template <typename T, class F>
+double blocked_sum(idx_t n, F f) {
+  double tot = 0;
+  for (idx_t k0 = 0; k0 < n; k0 += kChunk) {
+    const idx_t k1 = kBlocked<T> ? std::min(n, k0 + kChunk) : n;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (idx_t k = k0; k < k1; ++k) s += f(k);
+    tot += double(s);
+    if (!kBlocked<T>) break;
+  }
+  return tot;
+}
+
+// Column sums out[k] accumulated row by row in T, moved into double totals every kBlock
+// rows (`row_done`) and written back by `finish`.
+template <typename T>
+class ColSums {
+ public:
+  ColSums(T* out, idx_t K, idx_t R, int slot) : out_(out), K_(K) {
+    if (out_) std::fill(out_, out_ + K_, T(0));
+    if (!out_ || !kBlocked<T> || R <= kBlock) return;
+    thread_local std::vector<double> scratch[4];
+    scratch[slot].assign(K_, 0.0);
+    tot_ = scratch[slot].data();
+  }
+  T* data() const { return out_; }
+  void row_done(idx_t r) {
+    if (!tot_ || (r + 1) % kBlock != 0) return;
+    for (idx_t k = 0; k < K_; ++k) tot_[k] += double(out_[k]), out_[k] = T(0);
+  }
+  void finish() {
+    if (!tot_) return;
+    for (idx_t k = 0; k < K_; ++k) out_[k] = T(tot_[k] + double(out_[k]));
+  }
+
+ private:
+  T* out_;
+  idx_t K_;
+  double* tot_ = nullptr;
+};
+
+// out[i] = sigmoid(a (s[i] - c) + b): c, the logits' mean, keeps the product small.
+template <typename T>
+void sigmoid_map(const T* s, idx_t n, T a, T c, T b, T* out) {
   if constexpr (kSimd<T>) {
-    simd::sigmoid_affine(s, a, b, out, n);
+    simd::sigmoid_affine(s, a, c, b, out, n);
   } else {
-    for (idx_t i = 0; i < n; ++i) out[i] = sigmoid(a * s[i] + b);
+    for (idx_t i = 0; i < n; ++i) out[i] = sigmoid(a * (s[i] - c) + b);
   }
 }
 
 // ---- pooling -------------------------------------------------------------------------
 //
-// The pooled element is e[r, k] = m[r, k] ru[r] cv[k] + rb[r] + cb[k] (biases optional):
-// per-channel and per-position scales, and the per-channel shift of a folded BatchNorm.
+// The pooled element is e[r, k] = (m[r, k] - rp[r] - cp[k]) ru[r] cv[k] + rb[r] + cb[k]
+// (pivots and biases optional): per-channel and per-position scales, and the per-channel
+// pivot and shift of a folded BatchNorm (m - pivot is small where m's mean is large).
 
 template <typename T>
 struct Elem {
-  const T *m, *ru, *cv, *rb, *cb;
+  const T *m, *ru, *cv, *rb, *cb, *rp, *cp;
   idx_t K;
   T operator()(idx_t r, idx_t k) const {
-    T e = m[r * K + k] * ru[r] * cv[k];
+    T v = m[r * K + k];
+    if (rp) v -= rp[r];
+    if (cp) v -= cp[k];
+    T e = v * ru[r] * cv[k];
     if (rb || cb) e += (cb ? cb[k] : T(0)) + (rb ? rb[r] : T(0));
     return e;
   }
@@ -65,9 +119,11 @@ template <typename T, int TW>
 void pool_cols_tile(const Elem<T>& e, idx_t R, idx_t k0, int kw, T* csum, T* cmax,
                     int32_t* cidx) {
   T ls[TW], lm[TW];
+  double lt[TW];
   int32_t li[TW];
   for (int j = 0; j < TW; ++j) {
     ls[j] = 0;
+    lt[j] = 0;
     lm[j] = -std::numeric_limits<T>::infinity();
     li[j] = 0;
   }
@@ -80,9 +136,11 @@ void pool_cols_tile(const Elem<T>& e, idx_t R, idx_t k0, int kw, T* csum, T* cma
       lm[j] = gt ? v : lm[j];
       li[j] = gt ? ri : li[j];
     }
+    if (kBlocked<T> && (r + 1) % kBlock == 0)
+      for (int j = 0; j < kw; ++j) lt[j] += double(ls[j]), ls[j] = 0;
   }
   for (int j = 0; j < kw; ++j) {
-    csum[k0 + j] = ls[j];
+    csum[k0 + j] = T(lt[j] + double(ls[j]));
     cmax[k0 + j] = lm[j];
     if (cidx) cidx[k0 + j] = li[j];
   }
@@ -119,14 +177,15 @@ void pool_row_nan(const Elem<T>& e, idx_t r, idx_t K, T* rmax, int32_t* ridx) {
 // r: csum, cmax, cidx) of e.
 template <typename T, bool ROWS, bool COLS>
 void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, const T* rb, const T* cb,
-          T* rsum, T* rmax, int32_t* ridx, T* csum, T* cmax, int32_t* cidx) {
-  const Elem<T> e{m, ru, cv, rb, cb, K};
+          const T* rp, const T* cp, T* rsum, T* rmax, int32_t* ridx, T* csum, T* cmax,
+          int32_t* cidx) {
+  const Elem<T> e{m, ru, cv, rb, cb, rp, cp, K};
   if constexpr (kSimd<T>) {
     if (ROWS)
-      simd::pool_rows(m, R, K, ru, cv, rb, cb, rsum, rmax, ridx,
+      simd::pool_rows(m, R, K, ru, cv, rb, cb, rp, cp, rsum, rmax, ridx,
                       [&](idx_t r) { pool_row_nan(e, r, K, rmax, ridx); });
     if (COLS) {
-      simd::pool_cols(m, R, K, ru, cv, rb, cb, csum, cmax, cidx);
+      simd::pool_cols(m, R, K, ru, cv, rb, cb, rp, cp, csum, cmax, cidx);
       pool_cols_nan(e, R, K, csum, cmax, cidx);
     }
     return;
@@ -141,15 +200,18 @@ void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, const T* rb, c
   if (!ROWS) return;
   for (idx_t r = 0; r < R; ++r) {
     T s = 0, mx = -std::numeric_limits<T>::infinity();
+    double tot = 0;
     int32_t at = 0;
     for (idx_t k = 0; k < K; ++k) {
       const T v = e(r, k);
       s += v;
+      if (kBlocked<T> && (k + 1) % kBlock == 0) tot += double(s), s = 0;
       if (v > mx) {
         mx = v;
         at = static_cast<int32_t>(k);
       }
     }
+    s = T(tot + double(s));
     rsum[r] = s;
     rmax[r] = mx;
     if (ridx) ridx[r] = at;
@@ -158,45 +220,53 @@ void pool(const T* m, idx_t R, idx_t K, const T* ru, const T* cv, const T* rb, c
 }
 
 // Squared deviations: out[r] = sum_k (m[r, k] - mu[r])^2 (rows) or out[k] = sum_r
-// (m[r, k] - mu[k])^2, for the BatchNorm variance from per-sample means.
+// (m[r, k] - mu[k])^2, for the BatchNorm variance from per-sample means; with res, also
+// the deviations' sums (which correct a mean that float rounding has moved).
 template <typename T>
-void sq_dev(const T* m, idx_t R, idx_t K, const T* mu, bool rows, T* out) {
-  if constexpr (kSimd<T>) return simd::sq_dev(m, R, K, mu, rows, out);
-  if (!rows) std::fill(out, out + K, T(0));
+void sq_dev(const T* m, idx_t R, idx_t K, const T* mu, bool rows, T* out, T* res) {
+  if constexpr (kSimd<T>) return simd::sq_dev(m, R, K, mu, rows, out, res);
+  ColSums<T> so(rows ? nullptr : out, K, R, 0), sr(rows ? nullptr : res, K, R, 1);
   for (idx_t r = 0; r < R; ++r) {
     const T* mr = m + r * K;
     if (rows) {
-      T acc = 0;
       const T u = mu[r];
-#pragma omp simd reduction(+ : acc)
-      for (idx_t k = 0; k < K; ++k) acc += (mr[k] - u) * (mr[k] - u);
-      out[r] = acc;
-    } else {
-#pragma omp simd
-      for (idx_t k = 0; k < K; ++k) out[k] += (mr[k] - mu[k]) * (mr[k] - mu[k]);
+      out[r] = T(blocked_sum<T>(K, [&](idx_t k) { return (mr[k] - u) * (mr[k] - u); }));
+      if (res) res[r] = T(blocked_sum<T>(K, [&](idx_t k) { return mr[k] - u; }));
+      continue;
     }
+    T* o = so.data();
+#pragma omp simd
+    for (idx_t k = 0; k < K; ++k) o[k] += (mr[k] - mu[k]) * (mr[k] - mu[k]);
+    so.row_done(r);
+    if (!res) continue;
+    T* q = sr.data();
+#pragma omp simd
+    for (idx_t k = 0; k < K; ++k) q[k] += mr[k] - mu[k];
+    sr.row_done(r);
   }
+  so.finish();
+  sr.finish();
 }
 
-// The forward's output: y[r, k] = m ru[r] cv[k] + rb[r] cv[k] + cb[k] ru[r] (+ sc[r, k]),
-// then ReLU if asked: the folded BatchNorm's shift (rb or cb, per channel) is gated like
-// the rest of x.
+// The forward's output: y[r, k] = v ru[r] cv[k] + rb[r] cv[k] + cb[k] ru[r] (+ sc[r, k])
+// with v = m - rp[r] - cp[k] (pivots optional), then ReLU if asked: the folded BatchNorm's
+// shift (rb or cb, per channel) is gated like the rest of x.
 template <typename T>
 void scale(const T* m, T* y, idx_t R, idx_t K, const T* ru, const T* cv, const T* rb,
-           const T* cb, const T* sc, bool relu) {
+           const T* cb, const T* rp, const T* cp, const T* sc, bool relu) {
   for (idx_t r = 0; r < R; ++r) {
-    const T u = ru[r], b = rb ? rb[r] : T(0);
+    const T u = ru[r], b = rb ? rb[r] : T(0), p = rp ? rp[r] : T(0);
     const T* mr = m + r * K;
     const T* sr = sc ? sc + r * K : nullptr;
     T* yr = y + r * K;
-    if (!cb && !sr && !relu) {
+    if (!cb && !cp && !sr && !relu) {
 #pragma omp simd
-      for (idx_t k = 0; k < K; ++k) yr[k] = (mr[k] * u + b) * cv[k];
+      for (idx_t k = 0; k < K; ++k) yr[k] = ((mr[k] - p) * u + b) * cv[k];
       continue;
     }
 #pragma omp simd
     for (idx_t k = 0; k < K; ++k) {
-      T v = (mr[k] * u + b) * cv[k];
+      T v = ((mr[k] - p - (cp ? cp[k] : T(0))) * u + b) * cv[k];
       if (cb) v += cb[k] * u;
       if (sr) v += sr[k];
       yr[k] = relu ? std::max(v, T(0)) : v;
@@ -206,77 +276,87 @@ void scale(const T* m, T* y, idx_t R, idx_t K, const T* ru, const T* cv, const T
 
 // ---- backward reductions and the gradient write --------------------------------------
 
-// The backward's reductions over g and x, with p = g x and q = g (each output optional):
+// The backward's reductions over g and x, with p = g (x - rp[r] - cp[k]) and q = g (each
+// output and pivot optional):
 //   rsum[r] = sum_k (p cv[k] + q cb[k]),  rsum1[r] = sum_k q cv[k],
 //   csum[k] = sum_r (p ru[r] + q rb[r]),  csum1[k] = sum_r q ru[r].
 template <typename T>
 void reduce_gx(const T* g, const T* x, idx_t R, idx_t K, const T* ru, const T* cv, const T* rb,
-               const T* cb, T* rsum, T* rsum1, T* csum, T* csum1) {
-  if constexpr (kSimd<T>) return simd::reduce_gx(g, x, R, K, ru, cv, rb, cb, rsum, rsum1, csum, csum1);
-  if (csum) std::fill(csum, csum + K, T(0));
-  if (csum1) std::fill(csum1, csum1 + K, T(0));
+               const T* cb, const T* rp, const T* cp, T* rsum, T* rsum1, T* csum, T* csum1) {
+  if constexpr (kSimd<T>)
+    return simd::reduce_gx(g, x, R, K, ru, cv, rb, cb, rp, cp, rsum, rsum1, csum, csum1);
+  ColSums<T> sc(csum, K, R, 0), sc1(csum1, K, R, 1);
   for (idx_t r = 0; r < R; ++r) {
     const T* gr = g + r * K;
     const T* xr = x + r * K;
-    T a = 0, a1 = 0;
-    if (rsum || rsum1) {
-      for (idx_t k = 0; k < K; ++k) {
-        a += gr[k] * xr[k] * cv[k] + (cb ? gr[k] * cb[k] : T(0));
-        a1 += gr[k] * cv[k];
-      }
-      if (rsum) rsum[r] = a;
-      if (rsum1) rsum1[r] = a1;
-    }
+    const T pr = rp ? rp[r] : T(0);
+    auto xc = [&](idx_t k) { return xr[k] - pr - (cp ? cp[k] : T(0)); };
+    if (rsum)
+      rsum[r] = T(blocked_sum<T>(K, [&](idx_t k) {
+        return gr[k] * xc(k) * cv[k] + (cb ? gr[k] * cb[k] : T(0));
+      }));
+    if (rsum1) rsum1[r] = T(blocked_sum<T>(K, [&](idx_t k) { return gr[k] * cv[k]; }));
     if (csum) {
       const T u = ru[r], ub = rb ? rb[r] : T(0);
+      T* o = sc.data();
 #pragma omp simd
-      for (idx_t k = 0; k < K; ++k) csum[k] += gr[k] * xr[k] * u + gr[k] * ub;
+      for (idx_t k = 0; k < K; ++k) o[k] += gr[k] * xc(k) * u + gr[k] * ub;
+      sc.row_done(r);
     }
     if (csum1) {
       const T u = ru[r];
+      T* o = sc1.data();
 #pragma omp simd
-      for (idx_t k = 0; k < K; ++k) csum1[k] += gr[k] * u;
+      for (idx_t k = 0; k < K; ++k) o[k] += gr[k] * u;
+      sc1.row_done(r);
     }
   }
+  sc.finish();
+  sc1.finish();
 }
 
-// Weighted sums of m with J <= 3 weight vectors: along rows, out[j][r] = sum_k m[r,k] w[j][k];
-// along columns, out[j][k] = sum_r m[r,k] w[j][r].
+// Weighted sums of m - pivot with J <= 3 weight vectors: along rows, out[j][r] = sum_k
+// (m[r,k] - rp[r]) w[j][k]; along columns, out[j][k] = sum_r (m[r,k] - cp[k]) w[j][r]
+// (pivots optional).
 template <typename T>
-void wsum_rows(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const* out) {
-  if constexpr (kSimd<T>) return simd::wsum_rows(m, R, K, J, w, out);
+void wsum_rows(const T* m, idx_t R, idx_t K, int J, const T* const* w, const T* rp,
+               T* const* out) {
+  if constexpr (kSimd<T>) return simd::wsum_rows(m, R, K, J, w, rp, out);
   for (idx_t r = 0; r < R; ++r) {
     const T* mr = m + r * K;
+    const T p = rp ? rp[r] : T(0);
     for (int j = 0; j < J; ++j) {
       const T* wj = w[j];
-      T s = 0;
-#pragma omp simd reduction(+ : s)
-      for (idx_t k = 0; k < K; ++k) s += mr[k] * wj[k];
-      out[j][r] = s;
+      out[j][r] = T(blocked_sum<T>(K, [&](idx_t k) { return (mr[k] - p) * wj[k]; }));
     }
   }
 }
 
 template <typename T>
-void wsum_cols(const T* m, idx_t R, idx_t K, int J, const T* const* w, T* const* out) {
-  if constexpr (kSimd<T>) return simd::wsum_cols(m, R, K, J, w, out);
-  for (int j = 0; j < J; ++j) std::fill(out[j], out[j] + K, T(0));
-  for (idx_t r = 0; r < R; ++r) {
-    const T* mr = m + r * K;
-    for (int j = 0; j < J; ++j) {
+void wsum_cols(const T* m, idx_t R, idx_t K, int J, const T* const* w, const T* cp,
+               T* const* out) {
+  if constexpr (kSimd<T>) return simd::wsum_cols(m, R, K, J, w, cp, out);
+  for (int j = 0; j < J; ++j) {
+    ColSums<T> sj(out[j], K, R, 0);
+    for (idx_t r = 0; r < R; ++r) {
+      const T* mr = m + r * K;
       const T wj = w[j][r];
-      T* oj = out[j];
+      T* oj = sj.data();
 #pragma omp simd
-      for (idx_t k = 0; k < K; ++k) oj[k] += mr[k] * wj;
+      for (idx_t k = 0; k < K; ++k) oj[k] += (mr[k] - (cp ? cp[k] : T(0))) * wj;
+      sj.row_done(r);
     }
+    sj.finish();
   }
 }
 
-// y[r, k] = g[r, k] U[r] V[k] + P[r] Q[k] + D[r] + E[k] + z[r, k] (Zr[r] or Zk[k]); the
-// last term (a folded BatchNorm's backward) only where z is given.
+// y[r, k] = g[r, k] U[r] V[k] + P[r] Q[k] + D[r] + E[k] + (z[r, k] - pivot) Z; the last
+// term (a folded BatchNorm's backward) only where z is given, with Z and its pivot per row
+// (Zr, Pr) or per column (Zk, Pk).
 template <typename T>
 void write_grad(const T* g, T* y, idx_t R, idx_t K, const T* U, const T* V, const T* P,
-                const T* Q, const T* D, const T* E, const T* z, const T* Zr, const T* Zk) {
+                const T* Q, const T* D, const T* E, const T* z, const T* Zr, const T* Pr,
+                const T* Zk, const T* Pk) {
   for (idx_t r = 0; r < R; ++r) {
     const T u = U[r], p = P[r], d = D[r];
     const T* gr = g + r * K;
@@ -286,15 +366,15 @@ void write_grad(const T* g, T* y, idx_t R, idx_t K, const T* U, const T* V, cons
       for (idx_t k = 0; k < K; ++k) yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k]));
     } else if (Zr) {
       const T* zr = z + r * K;
-      const T zc = Zr[r];
+      const T zc = Zr[r], zp = Pr[r];
 #pragma omp simd
       for (idx_t k = 0; k < K; ++k)
-        yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k])) + zr[k] * zc;
+        yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k])) + (zr[k] - zp) * zc;
     } else {
       const T* zr = z + r * K;
 #pragma omp simd
       for (idx_t k = 0; k < K; ++k)
-        yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k])) + zr[k] * Zk[k];
+        yr[k] = gr[k] * (u * V[k]) + (p * Q[k] + (d + E[k])) + (zr[k] - Pk[k]) * Zk[k];
     }
   }
 }

@@ -149,9 +149,9 @@ void for_each_sample(idx_t N, F&& body, bool reverse = false) {
   if (sh->error) std::rethrow_exception(sh->error);
 }
 
-// Per-channel factors of a channel-gated map behind a folded BatchNorm x = ha z + hb:
-// x cs[c] = z chs[c] + chb[c]. Without the BatchNorm (ha == nullptr) chs = cs and there is
-// no shift: returns chb, or nullptr when there is none.
+// Per-channel factors of a channel-gated map behind a folded BatchNorm x = ha (z - hm) + hb:
+// x cs[c] = (z - hm[c]) chs[c] + chb[c]. Without the BatchNorm (ha == nullptr) chs = cs and
+// there is no shift: returns chb, or nullptr when there is none.
 template <typename T>
 const T* gated_factors(idx_t C, const T* cs, const T* ha, const T* hb, T* chs, T* chb) {
   if (ha == nullptr) {
@@ -165,16 +165,19 @@ const T* gated_factors(idx_t C, const T* cs, const T* ha, const T* hb, T* chs, T
   return chb;
 }
 
-// Pools e = x cs[c] ps[p] + chb[c] (chb: optional per-channel shift) over positions
-// (per-channel outputs ch_*) and/or over channels (per-position outputs pos_*); pass
-// nullptr for the set that is not wanted, and for index outputs nobody needs.
+// Pools e = (x - pc[c]) cs[c] ps[p] + chb[c] (pc, chb: optional per-channel pivot and
+// shift) over positions (per-channel outputs ch_*) and/or over channels (per-position
+// outputs pos_*); pass nullptr for the set that is not wanted, and for index outputs nobody
+// needs.
 template <typename T>
-void pool_sample(const Slab& S, const T* x, const T* cs, const T* ps, const T* chb, T* ch_sum,
-                 T* ch_max, int32_t* ch_idx, T* pos_sum, T* pos_max, int32_t* pos_idx) {
+void pool_sample(const Slab& S, const T* x, const T* cs, const T* ps, const T* chb, const T* pc,
+                 T* ch_sum, T* ch_max, int32_t* ch_idx, T* pos_sum, T* pos_max, int32_t* pos_idx) {
   const T* ru = S.cl ? ps : cs;
   const T* cv = S.cl ? cs : ps;
   const T* rb = S.cl ? nullptr : chb;
   const T* cb = S.cl ? chb : nullptr;
+  const T* rp = S.cl ? nullptr : pc;
+  const T* cp = S.cl ? pc : nullptr;
   T* rs = S.cl ? pos_sum : ch_sum;
   T* rm = S.cl ? pos_max : ch_max;
   int32_t* ri = S.cl ? pos_idx : ch_idx;
@@ -182,69 +185,77 @@ void pool_sample(const Slab& S, const T* x, const T* cs, const T* ps, const T* c
   T* cm = S.cl ? ch_max : pos_max;
   int32_t* ci = S.cl ? ch_idx : pos_idx;
   if (rs && cs_)
-    pool<T, true, true>(x, S.R(), S.K(), ru, cv, rb, cb, rs, rm, ri, cs_, cm, ci);
+    pool<T, true, true>(x, S.R(), S.K(), ru, cv, rb, cb, rp, cp, rs, rm, ri, cs_, cm, ci);
   else if (rs)
-    pool<T, true, false>(x, S.R(), S.K(), ru, cv, rb, cb, rs, rm, ri, cs_, cm, ci);
+    pool<T, true, false>(x, S.R(), S.K(), ru, cv, rb, cb, rp, cp, rs, rm, ri, cs_, cm, ci);
   else
-    pool<T, false, true>(x, S.R(), S.K(), ru, cv, rb, cb, rs, rm, ri, cs_, cm, ci);
+    pool<T, false, true>(x, S.R(), S.K(), ru, cv, rb, cb, rp, cp, rs, rm, ri, cs_, cm, ci);
 }
 
-// With q = g and p = g x: ch_out[c] = sum_p p ps[p], ch_out1[c] = sum_p q ps[p] and
-// pos_out[p] = sum_c (p cs[c] + q chb[c]); every output and chb optional.
+// With q = g and p = g (x - pc[c]): ch_out[c] = sum_p p ps[p], ch_out1[c] = sum_p q ps[p]
+// and pos_out[p] = sum_c (p cs[c] + q chb[c]); every output, chb and pc optional.
 template <typename T>
 void reduce_sample(const Slab& S, const T* g, const T* x, const T* cs, const T* ps,
-                   const T* chb, T* ch_out, T* ch_out1, T* pos_out) {
+                   const T* chb, const T* pc, T* ch_out, T* ch_out1, T* pos_out) {
+  const T* none = nullptr;
   if (S.cl)  // rows are positions
-    reduce_gx(g, x, S.R(), S.K(), ps, cs, static_cast<const T*>(nullptr), chb, pos_out,
+    reduce_gx(g, x, S.R(), S.K(), ps, cs, none, chb, none, pc, pos_out,
               static_cast<T*>(nullptr), ch_out, ch_out1);
   else
-    reduce_gx(g, x, S.R(), S.K(), cs, ps, chb, static_cast<const T*>(nullptr), ch_out, ch_out1,
-              pos_out, static_cast<T*>(nullptr));
+    reduce_gx(g, x, S.R(), S.K(), cs, ps, chb, none, pc, none, ch_out, ch_out1, pos_out,
+              static_cast<T*>(nullptr));
 }
 
-// out[j][c] = sum_p x[c, p] w[j][p] (J position weights -> per-channel sums).
+// out[j][c] = sum_p (x[c, p] - pc[c]) w[j][p] (J position weights -> per-channel sums; pc
+// optional).
 template <typename T>
-void wsum_over_pos(const Slab& S, const T* x, int J, const T* const* w, T* const* out) {
+void wsum_over_pos(const Slab& S, const T* x, int J, const T* const* w, const T* pc,
+                   T* const* out) {
   if (S.cl)
-    wsum_cols(x, S.R(), S.K(), J, w, out);
+    wsum_cols(x, S.R(), S.K(), J, w, pc, out);
   else
-    wsum_rows(x, S.R(), S.K(), J, w, out);
+    wsum_rows(x, S.R(), S.K(), J, w, pc, out);
 }
 
 // out[p] = sum_c x[c, p] w[c].
 template <typename T>
 void wsum_over_ch(const Slab& S, const T* x, const T* w, T* out) {
   if (S.cl)
-    wsum_rows(x, S.R(), S.K(), 1, &w, &out);
+    wsum_rows(x, S.R(), S.K(), 1, &w, static_cast<const T*>(nullptr), &out);
   else
-    wsum_cols(x, S.R(), S.K(), 1, &w, &out);
+    wsum_cols(x, S.R(), S.K(), 1, &w, static_cast<const T*>(nullptr), &out);
 }
 
-// Squared deviations from per-channel means, summed over positions.
+// Squared deviations from per-channel means, summed over positions, and (res_c, if not
+// nullptr) the deviations' sums.
 template <typename T>
-void sq_dev_sample(const Slab& S, const T* x, const T* mean_c, T* out_c) {
-  sq_dev(x, S.R(), S.K(), mean_c, !S.cl, out_c);
+void sq_dev_sample(const Slab& S, const T* x, const T* mean_c, T* out_c, T* res_c) {
+  sq_dev(x, S.R(), S.K(), mean_c, !S.cl, out_c, res_c);
 }
 
-// y[c, p] = g[c, p] Uc[c] Vp[p] + Pc[c] Qp[p] + Dc[c] + Ep[p] (+ z[c, p] Zc[c] if z).
+// y[c, p] = g[c, p] Uc[c] Vp[p] + Pc[c] Qp[p] + Dc[c] + Ep[p] (+ (z[c, p] - zp[c]) Zc[c] if
+// z).
 template <typename T>
 void write_sample(const Slab& S, const T* g, T* y, const T* Uc, const T* Vp, const T* Pc,
                   const T* Qp, const T* Dc, const T* Ep, const T* z = nullptr,
-                  const T* Zc = nullptr) {
+                  const T* Zc = nullptr, const T* zp = nullptr) {
+  const T* none = nullptr;
   if (S.cl)
-    write_grad(g, y, S.R(), S.K(), Vp, Uc, Qp, Pc, Ep, Dc, z, static_cast<const T*>(nullptr), Zc);
+    write_grad(g, y, S.R(), S.K(), Vp, Uc, Qp, Pc, Ep, Dc, z, none, none, Zc, zp);
   else
-    write_grad(g, y, S.R(), S.K(), Uc, Vp, Pc, Qp, Dc, Ep, z, Zc, static_cast<const T*>(nullptr));
+    write_grad(g, y, S.R(), S.K(), Uc, Vp, Pc, Qp, Dc, Ep, z, Zc, zp, none, none);
 }
 
-// y[c, p] = (x cs[c] + chb[c]) ps[p] (+ sc[c, p]), then ReLU if asked.
+// y[c, p] = ((x - pc[c]) cs[c] + chb[c]) ps[p] (+ sc[c, p]), then ReLU if asked (pc, chb
+// optional).
 template <typename T>
 void scale_sample(const Slab& S, const T* x, T* y, const T* cs, const T* ps, const T* chb,
-                  const T* sc, bool relu) {
+                  const T* pc, const T* sc, bool relu) {
+  const T* none = nullptr;
   if (S.cl)
-    scale(x, y, S.R(), S.K(), ps, cs, static_cast<const T*>(nullptr), chb, sc, relu);
+    scale(x, y, S.R(), S.K(), ps, cs, none, chb, none, pc, sc, relu);
   else
-    scale(x, y, S.R(), S.K(), cs, ps, chb, static_cast<const T*>(nullptr), sc, relu);
+    scale(x, y, S.R(), S.K(), cs, ps, chb, none, pc, none, sc, relu);
 }
 
 inline bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
@@ -401,6 +412,20 @@ std::vector<double> spatial_affine(bool norm, const Moments* batch,
   const double a = (gw ? double(gw[0]) : 1.0) * invstd;
   const double b = (gb ? double(gb[0]) : 0.0) - mean * a;
   return {a, b, mean, invstd, unbiased};
+}
+
+// The spatial gate's logit a (s - c) + b in T, from spatial_affine's {A, B, mean, ...}: c
+// is the logits' mean rounded to T and b absorbs that rounding, so that A s, far larger
+// than the logit where s's mean is large against its spread, is never rounded. Forward and
+// backward take the same values from the same statistics.
+template <typename T>
+struct GateAffine {
+  T a, c, b;
+};
+template <typename T>
+GateAffine<T> gate_affine(const double* aff) {
+  const T c = T(aff[2]);
+  return {T(aff[0]), c, T(aff[1] + aff[0] * double(c))};
 }
 
 }  // namespace convattn

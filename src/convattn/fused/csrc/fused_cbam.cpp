@@ -22,6 +22,12 @@
 // Saved for backward: mc, the pooled vectors, the two argmax index sets, the pooled maps
 // and s (all of size N*C or N*H*W), besides x itself.
 //
+// Float accuracy: the folded BatchNorm and the spatial gate's are applied to centred values,
+// x = ha (z - hm) + hb and A (s - c) + b, with hm and c the means rounded to the input's
+// dtype (trained networks have maps whose mean is many times their spread); the folded
+// BatchNorm's batch statistics are corrected two-pass per sample, combined in double; and
+// long sums are float partial sums of kBlock terms added in double (cbam_simd.h).
+//
 // Registered as torch.ops.convattn.cbam_forward / cbam_backward (CPU kernels, pure
 // functions); convattn/layers/_fused_ops.py adds fake kernels and the autograd formula.
 #include <torch/library.h>
