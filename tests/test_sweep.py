@@ -253,7 +253,7 @@ def test_a_locked_run_is_left_to_its_holder_and_a_killed_holders_lock_is_free(tm
 
 @pytest.mark.slow
 def test_two_sweep_processes_racing_on_one_folder_train_each_run_once(tmp_path):
-    grid = _grid(tmp_path, seeds=[0, 1, 2])
+    grid = _grid(tmp_path)
     cmd = [
         sys.executable,
         "-m",
@@ -272,7 +272,7 @@ def test_two_sweep_processes_racing_on_one_folder_train_each_run_once(tmp_path):
     ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert sum(o.count("] trained") for o in outs) == 6, outs
+    assert sum(o.count("] trained") for o in outs) == 4, outs
     for r in expand(load_grid(grid, "quick"), tmp_path / "sweep" / "runs"):
         folder = tmp_path / "sweep" / "runs" / r.name
         assert len(_records(folder)) == 1

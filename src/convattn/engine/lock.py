@@ -7,7 +7,8 @@ the Linux client turns flock into the protocol's byte-range locks (NFSv4, or NFS
 lockd), which the server keeps across hosts and frees when a dead client's lease runs
 out (about 90 s); a mount with ``local_lock=flock``, ``local_lock=all`` or ``nolock``
 keeps locks per host, and then only one machine may write into a folder. Where the file
-system refuses flock at all, a warning says so and the run goes on unlocked.
+system refuses flock at all (or the platform has no ``fcntl``), a warning says so and the
+run goes on unlocked.
 
 The lock is re-entrant within one thread of one process: the sweep runner holds a run's
 lock while :func:`~convattn.engine.fit.fit` takes it again for the run it trains.
@@ -16,7 +17,6 @@ lock while :func:`~convattn.engine.fit.fit` takes it again for the run it trains
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -25,6 +25,11 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["LOCK_FILE", "FolderLock", "RunLocked"]
 
@@ -61,6 +66,8 @@ class FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            if fcntl is None:
+                raise OSError(errno.ENOSYS, "no fcntl on this platform")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):

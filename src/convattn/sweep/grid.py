@@ -68,6 +68,7 @@ __all__ = [
     "list_grids",
     "load_grid",
     "run_key",
+    "variant_config",
 ]
 
 #: Folder of the packaged grid files.
@@ -243,7 +244,9 @@ def load_grid(grid: str | Path, preset: str) -> Grid:
     return g
 
 
-def variant_config(grid: Grid, variant: str, seed: int, extra: Mapping[str, Any] | None = None):
+def variant_config(
+    grid: Grid, variant: str, seed: int, extra: Mapping[str, Any] | None = None
+) -> Config:
     """The :class:`Config` of ``variant`` at ``seed`` (``extra``: dotted command-line keys)."""
     keys = {**grid.variants[variant], "run.seed": seed, **(extra or {})}
     try:
@@ -256,7 +259,9 @@ def variant_config(grid: Grid, variant: str, seed: int, extra: Mapping[str, Any]
     return cfg
 
 
-def expand(grid: Grid, runs_dir: str | Path, extra: Mapping[str, Any] | None = None):
+def expand(
+    grid: Grid, runs_dir: str | Path, extra: Mapping[str, Any] | None = None
+) -> list[RunSpec]:
     """Every run of ``grid`` in its stable order (variants in file order, then seeds),
     writing into ``runs_dir``; ``extra`` are dotted keys from the command line."""
     out = []
@@ -282,7 +287,9 @@ def _plain(value: Any) -> Any:
         return value
 
 
-def _without_defaults(options: Mapping[str, Any], target: Callable[..., Any] | None):
+def _without_defaults(
+    options: Mapping[str, Any], target: Callable[..., Any] | None
+) -> dict[str, Any]:
     """``options`` less those equal to ``target``'s keyword defaults."""
     if target is None or not options:
         return dict(options)

@@ -76,8 +76,10 @@ class Outcome:
 
 def unique_runs(runs: Sequence[RunSpec]) -> list[RunSpec]:
     """``runs`` without repeats of a run folder (the first occurrence kept, in order)."""
-    seen: set[str] = set()
-    return [r for r in runs if not (r.name in seen or seen.add(r.name))]
+    first: dict[str, RunSpec] = {}
+    for r in runs:
+        first.setdefault(r.name, r)
+    return list(first.values())
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -129,7 +129,9 @@ def _curves(folders: list[Path]) -> dict[str, list[float]]:
     return out
 
 
-def _variant_row(name: str, entries: list[dict[str, Any]], sweep: Path, epochs: Any):
+def _variant_row(
+    name: str, entries: list[dict[str, Any]], sweep: Path, epochs: int | None
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """The table row of one variant and its mean curves."""
     done = [(e, _finished(sweep / e["run"], epochs)) for e in entries]
     rows = [(e, r) for e, r in done if r is not None]
