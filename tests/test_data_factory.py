@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from convattn.data import DatasetInfo, SyntheticShapes, build_dataset
+from convattn.data import DatasetInfo, SyntheticShapes, build_dataset, find_data
 from data_trees import make_tree
 
 
@@ -50,6 +51,18 @@ def test_an_archive_path_is_extracted_and_read_as_folders(tmp_path):
     assert info.name == "pets" and info.classes == ("cat", "dog") and info.num_skipped == 2
     image, _ = ds[0]
     assert image.shape == (3, 12, 12) and image.dtype == torch.uint8
+
+
+def test_a_relative_path_missing_here_is_looked_up_in_convattn_data(tmp_path, monkeypatch):
+    make_tree(tmp_path / "store" / "pets")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONVATTN_DATA", str(tmp_path / "store"))
+    assert find_data("pets") == tmp_path / "store" / "pets"
+    _, info = build_dataset("pets", "train", cache_dir=tmp_path / "cache", progress=False)
+    assert info.classes == ("cat", "dog")
+    (tmp_path / "pets").mkdir()  # a path that exists as given wins
+    assert find_data("pets") == Path("pets")
+    assert find_data(tmp_path / "nowhere") == tmp_path / "nowhere"
 
 
 @pytest.mark.parametrize(

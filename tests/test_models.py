@@ -235,6 +235,54 @@ def test_initialisation_follows_authors_code():
     assert torch.all(plain.layer1[0].bn2.weight == 1)
 
 
+def _attention_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if ".attn." in k}
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20_cbam", "cifar_resnet20_bam"])
+def test_attn_init_pytorch_keeps_the_attention_as_pytorch_constructed_it(name, monkeypatch):
+    torch.manual_seed(0)
+    model = create_model(name, attn_init="pytorch")
+    from convattn.models import resnet
+
+    monkeypatch.setattr(resnet, "init_weights", lambda *a, **k: None)
+    torch.manual_seed(0)
+    built = _attention_params(create_model(name))  # construction-time values, no init
+    got = _attention_params(model)
+    assert got and got.keys() == built.keys()
+    for key, value in got.items():
+        if key.endswith("spatial.bn.weight"):  # the constructor's zero is the authors'
+            assert torch.all(built[key] == 0) and torch.all(value == 1), key
+        else:
+            torch.testing.assert_close(value, built[key], rtol=0, atol=0, msg=key)
+
+
+def test_attn_init_pytorch_and_authors_give_their_documented_distributions():
+    # PyTorch: Linear and Conv2d uniform within 1 / sqrt(fan_in) (biases too), BN weight 1.
+    # Authors: spatial conv Kaiming normal with fan-out (1 * 7 * 7), biases 0, BN weight 0.
+    torch.manual_seed(0)
+    pt = create_model("cifar_resnet20_cbam", attn_init="pytorch")
+    torch.manual_seed(0)
+    au = create_model("cifar_resnet20_cbam", attn_init="authors")
+    torch.manual_seed(0)
+    default = create_model("cifar_resnet20_cbam")
+    for k, v in default.state_dict().items():
+        torch.testing.assert_close(au.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    blocks = [b for stage in (pt.layer1, pt.layer2, pt.layer3) for b in stage]
+    spatial = torch.cat([b.attn.spatial.conv.weight.flatten() for b in blocks])
+    assert spatial.abs().max().item() <= 1 / (2 * 49) ** 0.5
+    fc1 = blocks[0].attn.channel.fc1  # 16 -> 1
+    assert fc1.bias.abs().max().item() <= 1 / 16**0.5 and torch.any(fc1.bias != 0)
+    assert all(torch.all(b.attn.spatial.bn.weight == 1) for b in blocks)
+    ablocks = [b for stage in (au.layer1, au.layer2, au.layer3) for b in stage]
+    aspatial = torch.cat([b.attn.spatial.conv.weight.flatten() for b in ablocks])
+    assert aspatial.std().item() == pytest.approx((2 / 49) ** 0.5, rel=0.1)
+    assert all(torch.all(b.attn.spatial.bn.weight == 0) for b in ablocks)
+    assert all(torch.all(b.attn.channel.fc1.bias == 0) for b in ablocks)
+    with pytest.raises(ValueError, match="attn_init"):
+        create_model("cifar_resnet20_cbam", attn_init="xavier")
+
+
 def test_create_model_errors():
     with pytest.raises(ValueError, match="closest: resnet50_cbam"):
         create_model("resnet50_cbma")

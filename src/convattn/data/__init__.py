@@ -19,7 +19,7 @@ loader) converts and normalises whole batches, which is much cheaper per image.
 from .archive import extract_archive, is_archive
 from .cache import CACHE_ENV, resolve_cache_dir
 from .cifar import load_cifar
-from .factory import AUGMENTS, KINDS, DatasetInfo, build_dataset
+from .factory import AUGMENTS, DATA_ENV, KINDS, DatasetInfo, build_dataset, find_data
 from .folders import DatasetNotFoundError, ImageFolderRGB, find_dataset_root, load_rgb
 from .loader import EpochSampler, build_loader, set_epoch
 from .memory import decode_folder
@@ -40,6 +40,7 @@ __all__ = [
     "AUGMENTS",
     "AUTO_AUGMENTS",
     "CACHE_ENV",
+    "DATA_ENV",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "KINDS",
@@ -61,6 +62,7 @@ __all__ = [
     "decode_folder",
     "eval_resize_size",
     "extract_archive",
+    "find_data",
     "find_dataset_root",
     "is_archive",
     "load_cifar",

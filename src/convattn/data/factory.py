@@ -9,6 +9,10 @@
 * a class-folder path ``<root>/{train,val}/<class>/<image>`` (val may be ``test``);
 * a ``.tar``/``.tar.gz``/``.tgz`` archive of such a tree, extracted once into the cache.
 
+A relative path that does not exist from the current folder is looked up in the folder
+named by the environment variable ``CONVATTN_DATA`` (:data:`DATA_ENV`), so a recipe can
+name its data (``cifar10-jpg.tar.gz``) without saying where each machine keeps it.
+
 Folders of small images (at most 64 px, e.g. CIFAR-10 as JPEG) are decoded once into
 memory (kind "cifar") and normalised with their training split's statistics (computed
 once, cached); larger ones are decoded per sample (kind "imagenet-like") and normalised
@@ -46,7 +50,18 @@ from .transforms import (
     normalize_transform,
 )
 
-__all__ = ["AUGMENTS", "KINDS", "SMALL_IMAGE", "DatasetInfo", "build_dataset"]
+__all__ = [
+    "AUGMENTS",
+    "DATA_ENV",
+    "KINDS",
+    "SMALL_IMAGE",
+    "DatasetInfo",
+    "build_dataset",
+    "find_data",
+]
+
+#: Folder in which relative dataset paths are looked up when they are not found as given.
+DATA_ENV = "CONVATTN_DATA"
 
 KINDS = ("imagenet-like", "cifar", "synthetic")
 AUGMENTS = ("default", "imagenet", "cifar", "none")
@@ -150,6 +165,18 @@ def _folder(path: Path, split: str, opts: dict[str, Any]) -> _Source:
     return _Source(root.name, kind, dataset, stats, h if h == w else None, in_memory=True)
 
 
+def find_data(data: str | os.PathLike[str]) -> Path:
+    """The path dataset ``data`` names: as given, or ``$CONVATTN_DATA/data`` when it is a
+    relative path that does not exist from here and does there."""
+    path = Path(os.fspath(data)).expanduser()
+    root = os.environ.get(DATA_ENV)
+    if root and not path.is_absolute() and not path.exists():
+        candidate = Path(root).expanduser() / path
+        if candidate.exists():
+            return candidate
+    return path
+
+
 def _source(data: str | os.PathLike[str], split: str, opts: dict[str, Any]) -> _Source:
     text = os.fspath(data)
     name, _, rest = text.partition(":")
@@ -166,7 +193,7 @@ def _source(data: str | os.PathLike[str], split: str, opts: dict[str, Any]) -> _
         dataset = load_cifar(text.lower(), split, root, download=opts["download"])
         stats = CIFAR_STATS[text.lower()]
         return _Source(text.lower(), "cifar", dataset, stats, 32, in_memory=True)
-    path = Path(text).expanduser()
+    path = find_data(text)
     if path.is_file() and is_archive(path):
         folder = extract_archive(path, opts["cache_dir"], progress=opts["progress"])
         return dataclasses.replace(_folder(folder, split, opts), name=path.name.split(".")[0])

@@ -6,8 +6,10 @@ without its data), ``train.log``,
 ``metrics.jsonl`` (one JSON object per epoch), ``checkpoint.pt`` (the latest, for
 ``--resume``), ``best.safetensors`` (the best weights), ``summary.json`` and
 ``summary.md`` (the paper-style table) and, optionally, TensorBoard event files.
-Only the main process writes. A new run never reuses a folder that holds a run; a
-resumed one appends to its log and metrics and never rewrites its ``config.yaml``.
+Only the main process writes, holding the folder's lock (``run.lock``, see
+:mod:`convattn.engine.lock`) from start to end, so two processes never train one run.
+A new run never reuses a folder that holds a run; a resumed one appends to its log and
+metrics and never rewrites its ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, save_config
+from .lock import FolderLock
 
 __all__ = [
     "RUN_FILES",
@@ -70,13 +73,21 @@ class Run:
         self.tb: Any = None
         if not main:
             return
+        self._lock = FolderLock(self.dir).__enter__()  # raises RunLocked if in use
+        try:
+            self._open(cfg, resume)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, cfg: Config, resume: bool) -> None:
+        """Check the folder, write its config and attach the log file (main process)."""
         held = [f for f in RUN_FILES if (self.dir / f).exists()]
         if held and not resume:
             raise ValueError(
                 f"run folder {self.dir} already holds a run ({', '.join(held)}); resume it "
                 f"with --resume {self.dir}, or choose another run.name or run.output"
             )
-        self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "config.yaml").exists():
             save_config(cfg, self.dir / "config.yaml")
         handler = logging.FileHandler(self.dir / "train.log")
@@ -149,6 +160,7 @@ class Run:
         if self._console is not None:  # leave the logger as it was found
             log.removeHandler(self._console)
         log.setLevel(self._level)
+        self._lock.release()
 
 
 #: (heading, key, format) of the summary table's columns: the paper's Table 4 and images/s.

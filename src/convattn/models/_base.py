@@ -16,9 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import init_gates
+from .._validate import check_choice
+from ..layers import ATTENTIONS, SpatialAttention, init_gates
 
-__all__ = ["Backbone", "FeatureInfo", "init_weights"]
+__all__ = ["ATTN_INITS", "Backbone", "FeatureInfo", "init_weights"]
+
+#: How :func:`init_weights` treats attention modules: the CBAM authors' way or PyTorch's.
+ATTN_INITS = ("authors", "pytorch")
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,15 @@ class Backbone(nn.Module):
             nn.init.zeros_(self.fc.bias)
 
 
-def init_weights(model: nn.Module, *, zero_init_last: bool = False) -> None:
+def _attention_parts(model: nn.Module) -> set[int]:
+    """Ids of the attention gates in ``model`` and of every module inside them."""
+    gates = tuple(ATTENTIONS.values())
+    return {id(sub) for m in model.modules() if isinstance(m, gates) for sub in m.modules()}
+
+
+def init_weights(
+    model: nn.Module, *, zero_init_last: bool = False, attn_init: str = "authors"
+) -> None:
     """Initialise as the CBAM authors' code: Kaiming-normal (fan-out) convolutions, BN
     weight 1 and bias 0, every bias 0, and the spatial-attention BN weight 0 (gates start
     at 0.5). Projection shortcuts (a block's ``downsample``) keep PyTorch's default
@@ -120,7 +132,13 @@ def init_weights(model: nn.Module, *, zero_init_last: bool = False) -> None:
     parameter's name, which ``downsample.0.weight`` lacks. ``zero_init_last`` also zeroes
     the last BN of every residual block (blocks expose it as ``last_bn``), so each block
     starts as the identity.
+
+    ``attn_init="pytorch"`` leaves the attention gates (SE, CBAM, BAM and their branches)
+    as PyTorch constructed them and sets the spatial-attention BN weight to PyTorch's
+    default 1 instead of the authors' 0 (gates then start at sigmoid of the conv's output).
     """
+    check_choice("attn_init", attn_init, ATTN_INITS)
+    skip = _attention_parts(model) if attn_init == "pytorch" else set()
     shortcut = {
         id(m)
         for block in model.modules()
@@ -129,6 +147,8 @@ def init_weights(model: nn.Module, *, zero_init_last: bool = False) -> None:
         if isinstance(m, nn.Conv2d)
     }
     for m in model.modules():
+        if id(m) in skip:
+            continue
         if isinstance(m, nn.Conv2d):
             if id(m) not in shortcut:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -141,9 +161,20 @@ def init_weights(model: nn.Module, *, zero_init_last: bool = False) -> None:
             nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    init_gates(model)
+    if attn_init == "authors":
+        init_gates(model)
+    else:
+        _pytorch_gates(model)
     if zero_init_last:
         for m in model.modules():
             last_bn = getattr(m, "last_bn", None)
             if isinstance(last_bn, nn.BatchNorm2d):
                 nn.init.zeros_(last_bn.weight)
+
+
+def _pytorch_gates(model: nn.Module) -> None:
+    """PyTorch's BatchNorm default (weight 1) in every spatial gate, which its
+    constructor started at the authors' 0."""
+    for m in model.modules():
+        if isinstance(m, SpatialAttention) and m.bn is not None:
+            nn.init.ones_(m.bn.weight)

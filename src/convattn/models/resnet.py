@@ -53,6 +53,9 @@ class ResNet(Backbone):
         attn_layer: attention in every block (name, factory or None).
         stage_attn_layer: attention after every stage but the last (BAM).
         zero_init_last: zero the last BN of each block.
+        attn_init: "authors" (the CBAM authors' initialisation of the attention layers,
+            default) or "pytorch" (PyTorch's defaults for them; see
+            :func:`~convattn.models._base.init_weights`).
         drop_rate: dropout before the classifier.
         features_only, out_indices: return the outputs of these stages instead of logits.
     """
@@ -76,6 +79,7 @@ class ResNet(Backbone):
         attn_layer: AttnLayer = None,
         stage_attn_layer: AttnLayer = None,
         zero_init_last: bool = False,
+        attn_init: str = "authors",
         drop_rate: float = 0.0,
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
@@ -102,7 +106,7 @@ class ResNet(Backbone):
                 stage.add_module("attn", stage_attn(inplanes))
             setattr(self, f"layer{i + 1}", stage)
             info.append(FeatureInfo(f"layer{i + 1}", inplanes, reduction))
-        init_weights(self, zero_init_last=zero_init_last)
+        init_weights(self, zero_init_last=zero_init_last, attn_init=attn_init)
         self._finish(
             info,
             num_classes=num_classes,

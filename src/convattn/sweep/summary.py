@@ -1,0 +1,268 @@
+"""Per-grid summaries of a sweep folder: tables of mean and spread over seeds, and a plot.
+
+A sweep folder holds ``runs/`` (one ordinary run folder per run, shared by every grid
+that needs it) and, per grid and preset, an index ``grids/<grid>-<preset>.json`` naming
+the run folder of each variant and seed. :func:`summarize` reads the indexes and the runs'
+``summary.json`` and ``metrics.jsonl`` and writes, per grid and preset,
+``summary-<grid>-<preset>.md``, ``.json`` and ``.png``:
+
+- one row per variant: the number of finished seeds, the final-epoch validation top-1 and
+  top-5 error as mean and sample standard deviation (``ddof=1``; with one seed there is
+  none, shown "-"), parameters (M), GFLOPs (multiply-accumulates, as the paper counts),
+  training and evaluation images/s (means over seeds);
+- the difference of each variant's mean error from the baseline's, with its spread
+  ``sqrt(s1^2 / n1 + s2^2 / n2)`` (the standard error of a difference of two independent
+  means, as in Welch's t-test; "-" unless both have two seeds or more);
+- the plot: top-1 error per variant with its standard deviation as error bar, and the
+  mean validation (solid) and training (dashed) top-1 error per epoch over the seeds.
+
+Files are replaced atomically, so several machines finishing runs at once leave whole
+files behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..engine.run import read_metrics
+from .grid import Grid, RunSpec
+
+__all__ = [
+    "INDEX_DIR",
+    "format_summary",
+    "grid_summary",
+    "read_index",
+    "spread",
+    "summarize",
+    "write_index",
+]
+
+#: The folder of a sweep's grid indexes.
+INDEX_DIR = "grids"
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` beside ``path``, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_index(sweep_dir: str | Path, grid: Grid, runs: Sequence[RunSpec]) -> Path:
+    """Write ``grids/<grid>-<preset>.json``: each variant's run folders by seed."""
+    variants: dict[str, list[dict[str, Any]]] = {v: [] for v in grid.variants}
+    for r in runs:
+        variants[r.variant].append({"seed": r.seed, "run": f"runs/{r.name}"})
+    index = {
+        "grid": grid.name,
+        "preset": grid.preset,
+        "description": grid.description,
+        "baseline": grid.baseline,
+        "epochs": runs[0].config.schedule.epochs if runs else None,
+        "variants": variants,
+    }
+    path = Path(sweep_dir) / INDEX_DIR / f"{grid.label}.json"
+    _write_text(path, json.dumps(index, indent=2) + "\n")
+    return path
+
+
+def read_index(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def spread(s1: float | None, n1: int, s2: float | None, n2: int) -> float | None:
+    """``sqrt(s1^2 / n1 + s2^2 / n2)``, or None without both standard deviations."""
+    if s1 is None or s2 is None:
+        return None
+    return math.sqrt(s1**2 / n1 + s2**2 / n2)
+
+
+def _finished(folder: Path, epochs: int | None) -> dict[str, Any] | None:
+    """The summary row of a finished run, else None."""
+    path = folder / "summary.json"
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())[0]
+    records = read_metrics(folder)
+    if not records or (epochs is not None and records[-1].get("epoch") != epochs):
+        return None
+    return row
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return statistics.fmean(values), std
+
+
+def _curves(folders: list[Path]) -> dict[str, list[float]]:
+    """Mean per-epoch validation and training top-1 error over the runs' metrics (epochs
+    every run has evaluated)."""
+    per_run = [
+        {r["epoch"]: r for r in read_metrics(f) if r.get("val_top1_err") is not None}
+        for f in folders
+    ]
+    if not per_run:
+        return {"epoch": [], "val_top1_err": [], "train_top1_err": []}
+    epochs = sorted(set.intersection(*(set(p) for p in per_run)))
+    out: dict[str, list[float]] = {"epoch": [float(e) for e in epochs]}
+    for key in ("val_top1_err", "train_top1_err"):
+        out[key] = [statistics.fmean(p[e][key] for p in per_run) for e in epochs]
+    return out
+
+
+def _variant_row(
+    name: str, entries: list[dict[str, Any]], sweep: Path, epochs: int | None
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The table row of one variant and its mean curves."""
+    done = [(e, _finished(sweep / e["run"], epochs)) for e in entries]
+    rows = [(e, r) for e, r in done if r is not None]
+    out: dict[str, Any] = {"variant": name, "n": len(rows), "pending": len(entries) - len(rows)}
+    out["seeds"] = [e["seed"] for e, _ in rows]
+    out["runs"] = [e["run"] for e, _ in rows]
+    out["model"] = rows[0][1]["model"] if rows else None
+    for key in ("top1_err", "top5_err"):
+        out[f"{key}_mean"], out[f"{key}_std"] = _mean_std([r[key] for _, r in rows])
+    for key in ("params_m", "gmacs", "train_images_per_s", "eval_images_per_s"):
+        vals = [r[key] for _, r in rows if r.get(key) is not None]
+        out[key] = statistics.fmean(vals) if vals else None
+    return out, _curves([sweep / e["run"] for e, _ in rows])
+
+
+def _add_differences(rows: list[dict[str, Any]], baseline: str) -> None:
+    base = next(r for r in rows if r["variant"] == baseline)
+    for row in rows:
+        for key in ("top1_err", "top5_err"):
+            mean, b = row[f"{key}_mean"], base[f"{key}_mean"]
+            ok = row is not base and mean is not None and b is not None
+            row[f"d_{key}"] = mean - b if ok else None
+            s = spread(row[f"{key}_std"], row["n"], base[f"{key}_std"], base["n"]) if ok else None
+            row[f"d_{key}_spread"] = s
+
+
+def grid_summary(sweep_dir: str | Path, index: dict[str, Any]) -> dict[str, Any]:
+    """The summary of one grid index: rows per variant (see the module docstring)."""
+    sweep = Path(sweep_dir)
+    rows, curves = [], {}
+    for name, entries in index["variants"].items():
+        row, curve = _variant_row(name, entries, sweep, index.get("epochs"))
+        rows.append(row)
+        curves[name] = curve
+    _add_differences(rows, index["baseline"])
+    keys = ("grid", "preset", "description", "baseline", "epochs")
+    return {**{k: index.get(k) for k in keys}, "rows": rows, "curves": curves}
+
+
+def _pm(mean: float | None, std: float | None, signed: bool = False) -> str:
+    if mean is None:
+        return "-"
+    m = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return f"{m} ± {'-' if std is None else f'{std:.2f}'}"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+_HEAD = ("variant", "model", "seeds", "top-1 err (%)", "top-5 err (%)", "Δ top-1", "Δ top-5",
+         "params (M)", "GFLOPs", "train img/s", "eval img/s")  # fmt: skip
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The Markdown page of a grid summary."""
+    base = summary["baseline"]
+    lines = [f"# {summary['grid']} ({summary['preset']})", ""]
+    if summary.get("description"):
+        lines += [summary["description"].strip(), ""]
+    lines += [
+        f"Validation error after the last epoch ({summary.get('epochs')}), mean ± sample "
+        f"standard deviation (ddof = 1) over the seeds. Δ: difference of the means from the "
+        f'baseline `{base}`, ± sqrt(s1²/n1 + s2²/n2). "-": not available (one seed).',
+        "",
+        "| " + " | ".join(_HEAD) + " |",
+        "| --- | --- |" + " ---: |" * (len(_HEAD) - 2),
+    ]
+    for r in summary["rows"]:
+        seeds = f"{r['n']}" + (f" (+{r['pending']} pending)" if r["pending"] else "")
+        cells = [
+            r["variant"] + (" (baseline)" if r["variant"] == base else ""),
+            r["model"] or "-",
+            seeds,
+            _pm(r["top1_err_mean"], r["top1_err_std"]),
+            _pm(r["top5_err_mean"], r["top5_err_std"]),
+            _pm(r["d_top1_err"], r["d_top1_err_spread"], signed=True),
+            _pm(r["d_top5_err"], r["d_top5_err_spread"], signed=True),
+            _num(r["params_m"], "{:.3f}"),
+            _num(r["gmacs"], "{:.4f}"),
+            _num(r["train_images_per_s"], "{:.0f}"),
+            _num(r["eval_images_per_s"], "{:.0f}"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    """Error per variant with error bars, and the mean curves (matplotlib, off-screen)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    bars, lines = fig.subplots(1, 2)
+    rows = summary["rows"]
+    x = range(len(rows))
+    means = [math.nan if r["top1_err_mean"] is None else r["top1_err_mean"] for r in rows]
+    stds = [r["top1_err_std"] or 0.0 for r in rows]
+    bars.errorbar(x, means, yerr=stds, fmt="o", capsize=4)
+    bars.set_xlim(-0.5, len(rows) - 0.5)
+    bars.set_xticks(list(x), [r["variant"] for r in rows], rotation=30, ha="right")
+    bars.set_ylabel("top-1 error (%)")
+    bars.set_title("final validation error (mean ± std over seeds)")
+    for i, (name, c) in enumerate(summary["curves"].items()):
+        color = f"C{i % 10}"
+        lines.plot(c["epoch"], c["val_top1_err"], color=color, marker=".", label=name)
+        lines.plot(c["epoch"], c["train_top1_err"], color=color, marker=".", linestyle="--")
+    lines.set_xlabel("epoch")
+    lines.set_ylabel("top-1 error (%)")
+    lines.set_title("mean curves: validation (solid), training (dashed)")
+    if summary["curves"]:
+        lines.legend(fontsize="small")
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
+def summarize(sweep_dir: str | Path, labels: Sequence[str] | None = None) -> list[Path]:
+    """Write the summary files of every grid index in ``sweep_dir`` (or of those named
+    ``<grid>-<preset>`` in ``labels``); return the Markdown files written."""
+    sweep = Path(sweep_dir)
+    indexes = sorted((sweep / INDEX_DIR).glob("*.json"))
+    if not indexes:
+        raise FileNotFoundError(f"{sweep} holds no sweep (no {INDEX_DIR}/*.json)")
+    written = []
+    for path in indexes:
+        if labels is not None and path.stem not in labels:
+            continue
+        summary = grid_summary(sweep, read_index(path))
+        md = sweep / f"summary-{path.stem}.md"
+        _write_text(sweep / f"summary-{path.stem}.json", json.dumps(summary, indent=2) + "\n")
+        _write_text(md, format_summary(summary))
+        _plot(summary, sweep / f"summary-{path.stem}.png")
+        written.append(md)
+    return written
