@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -41,7 +42,11 @@ def train(model: str, seed: int, runs: Path) -> Path:
         "run.progress": False,
     }
     cfg = load_config("demo", over)
-    fit(cfg, resume=folder if (folder / "checkpoint.pt").is_file() else None)
+    if (folder / "checkpoint.pt").is_file():
+        fit(cfg, resume=folder)
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)  # a start that never reached a checkpoint
+    fit(cfg)
     return folder
 
 

@@ -75,7 +75,7 @@ def swept(tmp_path_factory):
 
 def test_a_grid_runs_every_variant_and_seed_and_a_rerun_skips_them(swept, capsys):
     grid, sweep, runs = swept
-    assert [(r.variant, r.seed) for r in runs] == [("plain", 0), ("plain", 1), ("se", 0), ("se", 1)]
+    assert [(r.variant, r.seed) for r in runs] == [("plain", 0), ("se", 0), ("plain", 1), ("se", 1)]
     assert len({r.name for r in runs}) == 4
     for r in runs:
         folder = sweep / "runs" / r.name

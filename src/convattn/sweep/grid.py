@@ -262,11 +262,12 @@ def variant_config(
 def expand(
     grid: Grid, runs_dir: str | Path, extra: Mapping[str, Any] | None = None
 ) -> list[RunSpec]:
-    """Every run of ``grid`` in its stable order (variants in file order, then seeds),
+    """Every run of ``grid`` in its stable order: seed by seed, each with every variant
+    in file order, so a sweep stopped part-way has all variants at its first seeds;
     writing into ``runs_dir``; ``extra`` are dotted keys from the command line."""
     out = []
-    for variant in grid.variants:
-        for seed in grid.seeds:
+    for seed in grid.seeds:
+        for variant in grid.variants:
             cfg = variant_config(grid, variant, seed, extra)
             key = run_key(cfg)
             spec = RunSpec(variant, seed, cfg, key)
