@@ -33,3 +33,15 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _deterministic_seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The fused operators' call counts (``fused_spy.spy_fused``); skips when the extension
+    is unavailable. Modules that check only the fused path make it autouse."""
+    from fused_spy import spy_fused
+
+    count = spy_fused(monkeypatch)
+    if count is None:
+        pytest.skip("fused extension unavailable")
+    return count

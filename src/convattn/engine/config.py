@@ -269,16 +269,22 @@ def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, 
     return out
 
 
-def recipe_path(path: str | Path) -> Path:
-    """``path`` itself, or the packaged recipe of that name ("cifar10", "demo.yaml")."""
+def packaged_file(path: str | Path, folder: Path, what: str) -> Path:
+    """``path`` itself if it is a file, else the YAML file of that name in ``folder``
+    ("cifar10" or "cifar10.yaml"); the error names ``what`` and lists the packaged ones."""
     p = Path(path)
     if p.is_file():
         return p
-    packaged = RECIPES / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
+    packaged = folder / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
     if packaged.is_file():
         return packaged
-    names = ", ".join(sorted(f.stem for f in RECIPES.glob("*.yaml")))
-    raise FileNotFoundError(f"config file not found: {p} (packaged recipes: {names})")
+    names = ", ".join(sorted(f.stem for f in folder.glob("*.yaml")))
+    raise FileNotFoundError(f"{what} file not found: {p} (packaged {what}s: {names})")
+
+
+def recipe_path(path: str | Path) -> Path:
+    """``path`` itself, or the packaged recipe of that name ("cifar10", "demo.yaml")."""
+    return packaged_file(path, RECIPES, "recipe")
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

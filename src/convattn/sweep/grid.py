@@ -49,6 +49,7 @@ from ..engine.config import (
     config_to_dict,
     flatten,
     merge_sections,
+    packaged_file,
     read_recipe,
 )
 from ..engine.resume import EXECUTION_KEYS
@@ -132,13 +133,7 @@ def list_grids() -> list[str]:
 
 def grid_path(grid: str | Path) -> Path:
     """``grid`` itself if it is a file, else the packaged grid of that name."""
-    p = Path(grid)
-    if p.is_file():
-        return p
-    packaged = EXPERIMENTS / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
-    if packaged.is_file():
-        return packaged
-    raise FileNotFoundError(f"grid file not found: {p} (packaged grids: {', '.join(list_grids())})")
+    return packaged_file(grid, EXPERIMENTS, "grid")
 
 
 def _check_keys(data: Any, valid: tuple[str, ...], where: str) -> dict[str, Any]:
