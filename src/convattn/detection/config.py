@@ -10,13 +10,45 @@ weight decay 1e-4 and 0.02 for 16 images (``base_lr`` 0.32 per 256), decayed x0.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..engine.config import OptimConfig, RunConfig, ScheduleConfig, opt
+from ..engine.config import RECIPES, OptimConfig, RunConfig, ScheduleConfig, opt
 
-__all__ = ["DETECTORS", "DetectionConfig", "DetectionDataConfig", "DetectorConfig"]
+__all__ = [
+    "DETECTION_RECIPES",
+    "DETECTORS",
+    "UNSUPPORTED",
+    "DetectionConfig",
+    "DetectionDataConfig",
+    "DetectorConfig",
+    "detection_recipe",
+]
 
 DETECTORS = ("faster_rcnn", "ssd")
+#: Recipe keys of the classification engine that detection does not apply, at their
+#: neutral values; another value is refused rather than ignored.
+UNSUPPORTED = {
+    "optim.label_smoothing": 0.0,
+    "run.ema_decay": None,
+    "run.precise_bn_batches": 0,
+    "run.compile": False,
+    "run.channels_last": False,
+}
+#: Packaged detection recipes (``convattn detect train --config demo``).
+DETECTION_RECIPES = RECIPES / "detection"
+
+
+def detection_recipe(path: str | Path) -> Path:
+    """``path`` itself, or the packaged detection recipe of that name ("demo")."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = DETECTION_RECIPES / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
+    if packaged.is_file():
+        return packaged
+    names = ", ".join(sorted(f.stem for f in DETECTION_RECIPES.glob("*.yaml")))
+    raise FileNotFoundError(f"config file not found: {p} (packaged detection recipes: {names})")
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._validate import check_choice
 from ..data import set_epoch
 from ..engine.checkpoint import (
     TrainState,
@@ -51,28 +52,22 @@ from ..engine.run import Run
 from ..engine.runtime import configure, seed_epoch
 from ..engine.setup import TrainParts
 from ..engine.sync_bn import convert_sync_batchnorm
-from .config import DetectionConfig
+from .config import DETECTORS, UNSUPPORTED, DetectionConfig
 from .data import build_detection_loader
 from .evaluate import detection_metrics, predict_loader
 from .loop import DetectionEpoch, train_detection_epoch
 from .setup import build_detector, detection_dataset, limit
+from .ssd import PLACEMENTS
 
 __all__ = ["DetectionData", "fit_detection"]
 
 log = logging.getLogger("convattn")
 
-#: Recipe keys of the classification engine that detection does not apply, at their
-#: neutral values; another value is refused rather than ignored.
-UNSUPPORTED = {
-    "optim.label_smoothing": 0.0,
-    "run.ema_decay": None,
-    "run.precise_bn_batches": 0,
-    "run.compile": False,
-    "run.channels_last": False,
-}
-
 
 def check_supported(cfg: DetectionConfig) -> None:
+    """Refuse, before a run folder is made, what detection runs do not take."""
+    check_choice("detector", cfg.detector.kind, DETECTORS)
+    check_choice("attn_placement", cfg.detector.attn_placement, PLACEMENTS)
     for key, neutral in UNSUPPORTED.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

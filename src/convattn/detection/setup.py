@@ -53,8 +53,8 @@ def detection_dataset(path: str, split: str, *, train: bool, flip: bool = True) 
     flips only when ``train`` and ``flip``."""
     name, _, rest = path.partition(":")
     if name == "synthetic":
-        kind = "train" if train else "val"
-        return synthetic_detection(kind, flip=train and flip, **synthetic_options(rest, kind))
+        check_choice("synthetic split", split, ("train", "val"))
+        return synthetic_detection(split, flip=train and flip, **synthetic_options(rest, split))
     root = find_data(path)
     if (root / "Annotations").is_dir():
         return read_voc(root, split, flip=train and flip)
