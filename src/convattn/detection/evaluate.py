@@ -23,7 +23,7 @@ from torch import nn
 from ..engine.config import load_config
 from ..engine.evaluate import autocast
 from ..engine.progress import Progress
-from ..models.weights import read_state_dict
+from ..models.weights import CheckpointError, read_state_dict
 from .config import DetectionConfig
 from .data import Target, build_detection_loader
 from .metrics import coco_evaluate, voc_evaluate
@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_run",
     "load_run_detector",
     "predict_loader",
+    "run_config",
 ]
 
 
@@ -108,12 +109,16 @@ def detection_metrics(pred: Predictions, classes: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_config(run_dir: str | Path) -> DetectionConfig:
-    """A detection run's recipe, from its ``config.yaml``."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is no run folder (no config.yaml)")
-    return load_config(path, cls=DetectionConfig)
+def run_config(run_dir: str | Path) -> tuple[DetectionConfig, list[str]]:
+    """A detection run's recipe (``config.yaml``) and class names (``dataset.json``)."""
+    folder = Path(run_dir)
+    for name in ("config.yaml", "dataset.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is no run folder (no {name})")
+    info = json.loads((folder / "dataset.json").read_text())
+    if info.get("task") != "detection":
+        raise ValueError(f"{folder} is a classification run, not a detection run")
+    return load_config(folder / "config.yaml", cls=DetectionConfig), list(info["classes"])
 
 
 def load_run_detector(
@@ -122,19 +127,20 @@ def load_run_detector(
     """The detector of a run folder with its best weights (``last``: the checkpoint's),
     its recipe and its class names."""
     run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
-    info = json.loads((run_dir / "dataset.json").read_text())
-    d = cfg.detector  # build the layout the weights were trained with, without fetching
-    d.frozen_bn, d.weights = (
-        (d.frozen_bn if d.frozen_bn is not None else d.weights is not None),
-        None,
-    )
-    model = build_detector(cfg, len(info["classes"]) + 1)
+    cfg, classes = run_config(run_dir)
     path = run_dir / ("checkpoint.pt" if last else "best.safetensors")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (train the run, or pass --last)")
-    model.load_state_dict(read_state_dict(path))
-    return model.eval(), cfg, list(info["classes"])
+    d = cfg.detector  # the layout the weights were trained with, without fetching weights
+    d.frozen_bn = d.frozen_bn if d.frozen_bn is not None else d.weights is not None
+    d.weights = None
+    model = build_detector(cfg, len(classes) + 1)
+    try:
+        model.load_state_dict(read_state_dict(path))
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(f"{path}: does not fit the run's detector ({first})") from None
+    return model.eval(), cfg, classes
 
 
 def evaluate_run(
@@ -149,7 +155,8 @@ def evaluate_run(
     """COCO and VOC metrics of a run folder's weights on its (or ``data``'s) evaluation
     split."""
     model, cfg, classes = load_run_detector(run_dir, last=last)
-    ds = detection_dataset(data or cfg.data.path, split or cfg.data.val_split, train=False)
+    split = split or cfg.data.val_split
+    ds = detection_dataset(data or cfg.data.path, split, train=False)
     if ds.classes != classes:
         raise ValueError(f"the data's classes {ds.classes} are not the run's {classes}")
     loader = build_detection_loader(ds, batch_size, train=False, workers=workers)
@@ -158,6 +165,8 @@ def evaluate_run(
         "model": cfg.model,
         "detector": cfg.detector.kind,
         "data": data or cfg.data.path,
+        "split": split,
+        "weights": "checkpoint.pt" if last else "best.safetensors",
         "images": len(ds),
         **metrics,
     }
