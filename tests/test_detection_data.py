@@ -15,7 +15,8 @@ from torchvision.ops import box_iou
 
 from convattn.data.scenes import render_scenes
 from convattn.detection.data import build_detection_loader, hflip, synthetic_detection
-from convattn.detection.readers import read_coco, read_voc, salvage_json
+from convattn.detection.readers import read_coco, read_voc
+from convattn.detection.salvage import salvage_json
 
 
 def test_scenes_are_deterministic_by_seed_and_index():

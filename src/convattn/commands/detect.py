@@ -80,7 +80,8 @@ def _register_predict(cmds: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..detection.config import DetectionConfig, detection_recipe
-    from ..detection.engine import fit_detection, format_detection_table
+    from ..detection.engine import fit_detection
+    from ..detection.summary import format_detection_table
     from ..engine import StopRequested, load_config, resume_config
     from ..engine.config import read_recipe
 

@@ -28,10 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
-from .._validate import check_choice
 from ..data import set_epoch
 from ..engine.checkpoint import (
     TrainState,
@@ -45,92 +42,20 @@ from ..engine.distributed import DistInfo, barrier, cleanup, init_distributed
 from ..engine.fit import StopRequested
 from ..engine.loop import PartialEpoch, SignalStop
 from ..engine.metrics import Meter
-from ..engine.optim import build_optimizer, build_scheduler
 from ..engine.progress import Progress
 from ..engine.resume import check_resume, checkpoint_file, saved_config
 from ..engine.run import Run
 from ..engine.runtime import configure, seed_epoch
 from ..engine.setup import TrainParts
-from ..engine.sync_bn import convert_sync_batchnorm
-from .config import DETECTORS, UNSUPPORTED, DetectionConfig
-from .data import build_detection_loader
+from .config import DetectionConfig
 from .evaluate import detection_metrics, predict_loader
 from .loop import DetectionEpoch, train_detection_epoch
-from .setup import build_detector, detection_dataset, limit
-from .ssd import PLACEMENTS
+from .setup import DetectionData, build_detection_data, build_detection_parts, check_supported
+from .summary import format_detection_table
 
-__all__ = ["DetectionData", "fit_detection"]
+__all__ = ["fit_detection"]
 
 log = logging.getLogger("convattn")
-
-
-def check_supported(cfg: DetectionConfig) -> None:
-    """Refuse, before a run folder is made, what detection runs do not take."""
-    check_choice("detector", cfg.detector.kind, DETECTORS)
-    check_choice("attn_placement", cfg.detector.attn_placement, PLACEMENTS)
-    for key, neutral in UNSUPPORTED.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value != neutral:
-            raise ValueError(f"{key}={value!r} is not supported by detection runs")
-
-
-@dataclass
-class DetectionData:
-    """A run's loaders, class names and steps per epoch."""
-
-    train: DataLoader
-    val: DataLoader
-    classes: list[str]
-    name: str
-    steps: int
-    skipped: int
-
-
-def build_detection_data(cfg: DetectionConfig, dist: DistInfo) -> DetectionData:
-    d = cfg.data
-    train_ds = detection_dataset(d.path, d.train_split, train=True, flip=d.flip)
-    val_ds = detection_dataset(d.path, d.val_split, train=False)
-    if train_ds.classes != val_ds.classes:
-        raise ValueError(f"training classes {train_ds.classes} differ from {val_ds.classes}")
-    if d.batch_size % dist.world_size:
-        raise ValueError(f"batch_size {d.batch_size} must divide by {dist.world_size} processes")
-    kw = {
-        "seed": cfg.run.seed,
-        "workers": d.workers,
-        "rank": dist.rank,
-        "world_size": dist.world_size,
-    }
-    per = d.batch_size // dist.world_size
-    train_sub = limit(train_ds, d.limit_train, d.limit_seed, "training")
-    train = build_detection_loader(train_sub, per, train=True, **kw)
-    val = build_detection_loader(
-        limit(val_ds, d.limit_val, d.limit_seed, "evaluation"), per, train=False, **kw
-    )
-    if len(train) == 0:
-        raise ValueError(f"batch_size {d.batch_size} exceeds the {len(train_sub)} training images")
-    steps = len(train) if cfg.run.max_steps is None else min(len(train), cfg.run.max_steps)
-    skipped = train_ds.num_skipped + val_ds.num_skipped
-    return DetectionData(train, val, train_ds.classes, train_ds.name, steps, skipped)
-
-
-def build_detection_parts(
-    cfg: DetectionConfig, data: DetectionData, device: torch.device, dist: DistInfo
-) -> TrainParts:
-    """The detector (seeded by ``run.seed``) and its optimiser, schedule and scaler."""
-    torch.manual_seed(cfg.run.seed)
-    model: nn.Module = build_detector(cfg, len(data.classes) + 1)
-    if cfg.run.sync_bn and dist.enabled:
-        model = convert_sync_batchnorm(model, device)
-    model = model.to(device)
-    optimizer = build_optimizer(model, cfg)  # type: ignore[arg-type]
-    scheduler = build_scheduler(optimizer, data.steps, cfg)  # type: ignore[arg-type]
-    scaler = torch.amp.GradScaler("cuda") if cfg.run.amp == "fp16" else None
-    train_model = model
-    if dist.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return TrainParts(model, train_model, optimizer, scheduler, scaler, None, device)
 
 
 def fit_detection(cfg: DetectionConfig, *, resume: str | Path | None = None) -> dict[str, Any]:
@@ -181,33 +106,12 @@ def _fit(cfg: DetectionConfig, run: Run, dist: DistInfo, device: torch.device, c
     return job.summary()
 
 
-#: (heading, key, format) of a detection run's summary table.
-SUMMARY_COLUMNS = [
-    ("backbone", "model", "{}"),
-    ("detector", "detector", "{}"),
-    ("params (M)", "params_m", "{:.2f}"),
-    ("mAP", "map", "{:.1f}"),
-    ("AP50", "map_50", "{:.1f}"),
-    ("AP75", "map_75", "{:.1f}"),
-    ("VOC07 mAP", "voc07_map", "{:.1f}"),
-    ("VOC mAP", "voc_map", "{:.1f}"),
-    ("train img/s", "train_images_per_s", "{:.1f}"),
-    ("eval img/s", "eval_images_per_s", "{:.1f}"),
-]
-
-
-def format_detection_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of detection summaries (COCO figures and VOC mAP in percent)."""
-    lines = ["| " + " | ".join(c[0] for c in SUMMARY_COLUMNS) + " |"]
-    lines.append("| --- | --- |" + " ---: |" * (len(SUMMARY_COLUMNS) - 2))
-    for row in rows:
-        cells = []
-        for _, key, fmt in SUMMARY_COLUMNS:
-            v = row.get(key)
-            bad = v is None or (isinstance(v, float) and not math.isfinite(v))
-            cells.append("-" if bad else fmt.format(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _epoch_line(record: dict[str, Any], result: DetectionEpoch) -> str:
+    line = f"train loss {result.losses.get('loss', math.nan):.4f}"
+    if "val_map" in record:
+        line += (f"  val mAP {record['val_map']:.1f} AP50 {record['val_map_50']:.1f}"
+                 f" VOC07 {record['val_voc07_map']:.1f}")  # fmt: skip
+    return f"{line}  {result.images_per_s:.1f} img/s"
 
 
 @dataclass
@@ -286,21 +190,7 @@ class _Job:
         state.record = record
         self.checkpoint()  # before the metrics line, as the classification engine
         self.run.log_metrics(record)
-        shown = (
-            ""
-            if "val_map" not in record
-            else (
-                f"  val mAP {record['val_map']:.1f} AP50 {record['val_map_50']:.1f}"
-                f" VOC07 {record['val_voc07_map']:.1f}"
-            )
-        )
-        log.info(
-            "%s  train loss %.4f%s  %.1f img/s",
-            desc,
-            result.losses.get("loss", math.nan),
-            shown,
-            result.images_per_s,
-        )
+        log.info("%s  %s", desc, _epoch_line(record, result))
         barrier()
 
     def stopped(self, result: DetectionEpoch) -> None:

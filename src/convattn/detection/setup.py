@@ -1,24 +1,38 @@
-"""A detection recipe's parts: its datasets (by the ``data.path`` they are named with)
-and its detector."""
+"""A detection recipe's parts: its datasets (by the ``data.path`` they are named with),
+their loaders, the detector, and its optimiser, schedule and gradient scaler."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Subset
 
 from .._validate import check_choice
 from ..data import find_data
+from ..engine.distributed import DistInfo
+from ..engine.optim import build_optimizer, build_scheduler
+from ..engine.setup import TrainParts
+from ..engine.sync_bn import convert_sync_batchnorm
 from ..layers import set_impl
-from .config import DETECTORS, DetectionConfig
-from .data import DetectionDataset, synthetic_detection
+from .config import DETECTORS, UNSUPPORTED, DetectionConfig
+from .data import DetectionDataset, build_detection_loader, synthetic_detection
 from .faster_rcnn import build_faster_rcnn
 from .readers import read_coco, read_voc
-from .ssd import build_ssd
+from .ssd import PLACEMENTS, build_ssd
 
-__all__ = ["build_detector", "detection_dataset", "limit", "synthetic_options"]
+__all__ = [
+    "DetectionData",
+    "build_detection_data",
+    "build_detection_parts",
+    "build_detector",
+    "check_supported",
+    "detection_dataset",
+    "limit",
+    "synthetic_options",
+]
 
 log = logging.getLogger("convattn")
 
@@ -112,3 +126,73 @@ def build_detector(cfg: DetectionConfig, num_classes: int) -> nn.Module:
     if cfg.attn_impl is not None:
         set_impl(model, cfg.attn_impl)
     return model
+
+
+def check_supported(cfg: DetectionConfig) -> None:
+    """Refuse, before a run folder is made, what detection runs do not take."""
+    check_choice("detector", cfg.detector.kind, DETECTORS)
+    check_choice("attn_placement", cfg.detector.attn_placement, PLACEMENTS)
+    for key, neutral in UNSUPPORTED.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value != neutral:
+            raise ValueError(f"{key}={value!r} is not supported by detection runs")
+
+
+@dataclass
+class DetectionData:
+    """A run's loaders, class names and steps per epoch."""
+
+    train: DataLoader
+    val: DataLoader
+    classes: list[str]
+    name: str
+    steps: int
+    skipped: int
+
+
+def build_detection_data(cfg: DetectionConfig, dist: DistInfo) -> DetectionData:
+    """The recipe's training and evaluation loaders, this process's share of each."""
+    d = cfg.data
+    train_ds = detection_dataset(d.path, d.train_split, train=True, flip=d.flip)
+    val_ds = detection_dataset(d.path, d.val_split, train=False)
+    if train_ds.classes != val_ds.classes:
+        raise ValueError(f"training classes {train_ds.classes} differ from {val_ds.classes}")
+    if d.batch_size % dist.world_size:
+        raise ValueError(f"batch_size {d.batch_size} must divide by {dist.world_size} processes")
+    kw = {
+        "seed": cfg.run.seed,
+        "workers": d.workers,
+        "rank": dist.rank,
+        "world_size": dist.world_size,
+    }
+    per = d.batch_size // dist.world_size
+    train_sub = limit(train_ds, d.limit_train, d.limit_seed, "training")
+    train = build_detection_loader(train_sub, per, train=True, **kw)
+    val = build_detection_loader(
+        limit(val_ds, d.limit_val, d.limit_seed, "evaluation"), per, train=False, **kw
+    )
+    if len(train) == 0:
+        raise ValueError(f"batch_size {d.batch_size} exceeds the {len(train_sub)} training images")
+    steps = len(train) if cfg.run.max_steps is None else min(len(train), cfg.run.max_steps)
+    skipped = train_ds.num_skipped + val_ds.num_skipped
+    return DetectionData(train, val, train_ds.classes, train_ds.name, steps, skipped)
+
+
+def build_detection_parts(
+    cfg: DetectionConfig, data: DetectionData, device: torch.device, dist: DistInfo
+) -> TrainParts:
+    """The detector (seeded by ``run.seed``) and its optimiser, schedule and scaler."""
+    torch.manual_seed(cfg.run.seed)
+    model: nn.Module = build_detector(cfg, len(data.classes) + 1)
+    if cfg.run.sync_bn and dist.enabled:
+        model = convert_sync_batchnorm(model, device)
+    model = model.to(device)
+    optimizer = build_optimizer(model, cfg)  # type: ignore[arg-type]
+    scheduler = build_scheduler(optimizer, data.steps, cfg)  # type: ignore[arg-type]
+    scaler = torch.amp.GradScaler("cuda") if cfg.run.amp == "fp16" else None
+    train_model = model
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return TrainParts(model, train_model, optimizer, scheduler, scaler, None, device)
