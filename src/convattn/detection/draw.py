@@ -80,7 +80,7 @@ def draw_detections(
     if scores is not None:
         names = [f"{n} {float(s):.2f}" for n, s in zip(names, scores[keep], strict=True)]
     colours = [COLOURS[(int(k) - 1) % len(COLOURS)] for k in labels]
-    width = max(1, round(min(image.shape[-2:]) / 160))
+    width = max(1, round(min(image.shape[-2:]) / 96))
     return draw_bounding_boxes(pixels, boxes, names, colors=colours, width=width)
 
 
