@@ -120,7 +120,9 @@ def test_errors_are_one_line(run_dir, tmp_path, capsys):
     fails(["detect", "train", "--config", "nope"], "packaged detection recipes: demo, ssd_demo")
     fails(["detect", "train", *TINY, "--detector", "yolo", "--output", str(tmp_path)],
           "'faster_rcnn'")  # fmt: skip
-    assert not any(tmp_path.iterdir())  # refused before a run folder was made
+    fails(["detect", "train", "--config", "ssd_demo", "--size", "64", "--output", str(tmp_path)],
+          "needs size >= 268")  # fmt: skip
+    assert not any(tmp_path.iterdir())  # both refused before a run folder was made
     fails(["detect", "evaluate", str(tmp_path)], "no run folder")
     classification = tmp_path / "cls"
     classification.mkdir()

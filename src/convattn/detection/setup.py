@@ -21,7 +21,7 @@ from .config import DETECTORS, UNSUPPORTED, DetectionConfig
 from .data import DetectionDataset, build_detection_loader, synthetic_detection
 from .faster_rcnn import build_faster_rcnn
 from .readers import read_coco, read_voc
-from .ssd import PLACEMENTS, build_ssd
+from .ssd import build_ssd, check_ssd_arguments
 
 __all__ = [
     "DetectionData",
@@ -130,8 +130,11 @@ def build_detector(cfg: DetectionConfig, num_classes: int) -> nn.Module:
 
 def check_supported(cfg: DetectionConfig) -> None:
     """Refuse, before a run folder is made, what detection runs do not take."""
-    check_choice("detector", cfg.detector.kind, DETECTORS)
-    check_choice("attn_placement", cfg.detector.attn_placement, PLACEMENTS)
+    d = cfg.detector
+    check_choice("detector", d.kind, DETECTORS)
+    if d.kind == "ssd":
+        check_ssd_arguments(cfg.model, attn=d.ssd_attn, attn_placement=d.attn_placement,
+                            size=d.size)  # fmt: skip
     for key, neutral in UNSUPPORTED.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

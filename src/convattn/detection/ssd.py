@@ -47,7 +47,14 @@ from ..layers import create_attention, get_attention
 from ..models import create_model, init_weights, load_checkpoint
 from ..models.weights import read_state_dict
 
-__all__ = ["PLACEMENTS", "L2Norm", "RegistrySSDFeatures", "VGG16SSDFeatures", "build_ssd"]
+__all__ = [
+    "PLACEMENTS",
+    "L2Norm",
+    "RegistrySSDFeatures",
+    "VGG16SSDFeatures",
+    "build_ssd",
+    "check_ssd_arguments",
+]
 
 PLACEMENTS = ("heads", "stages")
 #: VGG-16's convolutional stages: output channels of each 3x3 conv ("M": 2x2 max-pool).
@@ -230,6 +237,18 @@ class RegistrySSDFeatures(nn.Module):
         return OrderedDict((str(i), f) for i, f in enumerate(outs))
 
 
+def check_ssd_arguments(backbone: str, *, attn: str | None, attn_placement: str, size: int) -> None:
+    """Refuse SSD arguments that do not go together (before anything is built)."""
+    check_choice("attn_placement", attn_placement, PLACEMENTS)
+    if backbone == "vgg16" and size < 268:
+        raise ValueError(f"the SSD300 layout of VGG-16 needs size >= 268, got {size}")
+    if backbone != "vgg16" and attn_placement == "stages" and attn is not None:
+        raise ValueError(
+            f"attention in {backbone!r}'s stages comes with its registry name (e.g. "
+            f"'{backbone}_cbam'); attn_placement='heads' adds it on the predicted maps"
+        )
+
+
 def build_ssd(
     backbone: str,
     num_classes: int,
@@ -260,11 +279,9 @@ def build_ssd(
     """
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background too: need >= 2, got {num_classes}")
-    check_choice("attn_placement", attn_placement, PLACEMENTS)
+    check_ssd_arguments(backbone, attn=attn, attn_placement=attn_placement, size=size)
     layer = None if attn is None else get_attention(attn, **(attn_options or {}))
     if backbone == "vgg16":
-        if size < 268:
-            raise ValueError(f"the SSD300 layout of VGG-16 needs size >= 268, got {size}")
         body: nn.Module = VGG16SSDFeatures(width=width, attn_layer=layer, placement=attn_placement)
         if weights is not None:
             body.load_vgg_weights(weights)
@@ -274,12 +291,6 @@ def build_ssd(
             steps=[round(s * size / 300) for s in _SSD300_STEPS],
         )
     else:
-        if attn_placement == "stages" and layer is not None:
-            raise ValueError(
-                f"attention in {backbone!r}'s stages comes with its registry "
-                f"name (e.g. '{backbone}_cbam'); attn_placement='heads' adds "
-                "it on the predicted maps"
-            )
         body = RegistrySSDFeatures(
             backbone, attn_layer=layer, weights=weights, model_kwargs=model_kwargs
         )
