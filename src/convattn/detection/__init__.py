@@ -4,11 +4,14 @@
 trainable stages, classification weights), ``faster_rcnn`` (torchvision's Faster R-CNN
 with an FPN on them), ``ssd`` (torchvision's SSD on VGG-16 with CBAM/SE, or on a registry
 backbone such as MobileNet v1), ``data`` (targets, the generated scenes, loaders),
-``readers`` (COCO- and VOC-format files, bad records reported and skipped) and
-``metrics`` (COCO mAP through pycocotools, VOC AP with the 11-point and area methods).
+``composed`` (object photos pasted on real scenes), ``readers`` (COCO- and VOC-format
+files, bad records reported and skipped), ``metrics`` (COCO mAP through pycocotools, VOC
+AP with the 11-point and area methods), and the training engine for detectors
+(``config``, ``setup``, ``loop``, ``engine``, ``evaluate``); ``draw`` puts boxes on images.
 """
 
 from .backbones import BackboneFPN, StageFeatures, build_fpn_backbone, freeze_batchnorm
+from .composed import composed_detection
 from .data import DetectionDataset, ImageRecord, build_detection_loader, synthetic_detection
 from .faster_rcnn import build_faster_rcnn
 from .metrics import CocoStats, VocResult, coco_evaluate, voc_evaluate
@@ -27,6 +30,7 @@ __all__ = [
     "build_fpn_backbone",
     "build_ssd",
     "coco_evaluate",
+    "composed_detection",
     "freeze_batchnorm",
     "read_coco",
     "read_voc",

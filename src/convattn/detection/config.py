@@ -80,8 +80,10 @@ class DetectionDataConfig:
 
     path: str = opt(
         "synthetic",
-        "'synthetic[:train=N,val=N,img_size=S,classes=K,objects=M,seed=X]', a VOC folder "
-        "(Annotations/) or a COCO folder (annotations/instances_<split>.json, <split>/)",
+        "'synthetic[:train=N,val=N,img_size=S,classes=K,objects=M,seed=X]', "
+        "'composed:objects=PATH,backgrounds=PATH[,train=N,val=N,img_size=S,objects_max=M,"
+        "seed=X]' (object photos pasted on scenes), a VOC folder (Annotations/) or a COCO "
+        "folder (annotations/instances_<split>.json, <split>/)",
         flag="--data",
     )
     batch_size: int = opt(4, "global batch size (split across processes)")

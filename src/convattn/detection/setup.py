@@ -17,6 +17,7 @@ from ..engine.optim import build_optimizer, build_scheduler
 from ..engine.setup import TrainParts
 from ..engine.sync_bn import convert_sync_batchnorm
 from ..layers import set_impl
+from .composed import composed_detection, composed_options
 from .config import DETECTORS, UNSUPPORTED, DetectionConfig
 from .data import DetectionDataset, build_detection_loader, synthetic_detection
 from .faster_rcnn import build_faster_rcnn
@@ -69,6 +70,8 @@ def detection_dataset(path: str, split: str, *, train: bool, flip: bool = True) 
     if name == "synthetic":
         check_choice("synthetic split", split, ("train", "val"))
         return synthetic_detection(split, flip=train and flip, **synthetic_options(rest, split))
+    if name == "composed":
+        return composed_detection(split=split, flip=train and flip, **composed_options(rest, split))
     root = find_data(path)
     if (root / "Annotations").is_dir():
         return read_voc(root, split, flip=train and flip)
@@ -76,7 +79,8 @@ def detection_dataset(path: str, split: str, *, train: bool, flip: bool = True) 
     if ann.is_file():
         return read_coco(ann, root / split, flip=train and flip)
     raise FileNotFoundError(
-        f"no detection data at {path!r}: expected 'synthetic[:options]', a VOC folder "
+        f"no detection data at {path!r}: expected 'synthetic[:options]', "
+        "'composed:objects=PATH,backgrounds=PATH[,options]', a VOC folder "
         f"(Annotations/, JPEGImages/) or a COCO folder (annotations/instances_{split}.json)"
     )
 
