@@ -80,11 +80,10 @@ def test_evaluate_prints_and_writes_coco_and_voc_figures(run_dir, tmp_path):
     best = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()][-1]["best_map"]
     assert written["images"] == 4 and written["map"] == pytest.approx(best)
     assert {"map_50", "map_small", "voc07_map", "voc_map", "ap_per_class"} <= set(written)
-    out = tmp_path / "last.json"
-    done = _cli("detect", "evaluate", run_dir, "--last", "--json", "-o", out, cwd=tmp_path)
+    done = _cli("detect", "evaluate", run_dir, "--last", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == json.loads(out.read_text())
-    assert json.loads(out.read_text())["weights"] == "checkpoint.pt"
+    written = json.loads((run_dir / "evaluation-val-last.json").read_text())
+    assert json.loads(done.stdout) == written and written["weights"] == "checkpoint.pt"
 
 
 def test_predict_writes_one_png_per_image_of_a_folder(run_dir, tmp_path):

@@ -58,7 +58,7 @@ def _register_evaluate(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--last", action="store_true", help="use checkpoint.pt, not best.safetensors")
     p.add_argument(
-        "-o", "--output", help="JSON file to write (default: RUN_DIR/evaluation-<split>.json)"
+        "-o", "--output", help="JSON file (default: RUN_DIR/evaluation-<split>[-last].json)"
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run_evaluate)
@@ -107,7 +107,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     m = evaluate_run(args.run_dir, data=args.data, split=args.split, batch_size=args.batch_size,
                      workers=args.workers, last=args.last)  # fmt: skip
-    out = Path(args.output or Path(args.run_dir) / f"evaluation-{m['split']}.json")
+    name = f"evaluation-{m['split']}{'-last' if args.last else ''}.json"
+    out = Path(args.output or Path(args.run_dir) / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(m, indent=2) + "\n")
     if args.json:
