@@ -1,5 +1,5 @@
 """Subcommands of the ``convattn`` CLI; each module defines ``register(subparsers)``."""
 
-from . import benchmark, cam, convert, demo, evaluate, models, report, sweep, train
+from . import benchmark, cam, convert, demo, detect, evaluate, models, report, sweep, train
 
-COMMANDS = [demo, train, sweep, evaluate, cam, report, models, convert, benchmark]
+COMMANDS = [demo, train, sweep, evaluate, detect, cam, report, models, convert, benchmark]

@@ -11,7 +11,7 @@ import argparse
 import json
 import typing
 
-from ..engine.config import config_fields
+from ..engine.config import ConfigField, config_fields
 from ..layers import IMPLS
 
 
@@ -30,13 +30,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with it may change only how it executes (threads, workers, progress, device) and, "
         "for a step schedule, the number of epochs",
     )
+    add_config_options(p, config_fields())
+    p.set_defaults(func=run)
+
+
+def add_config_options(p: argparse.ArgumentParser, fields: list[ConfigField]) -> None:
+    """One option per config field (``config_fields(cls)``), grouped by section, each
+    with its help and default; unset options stay out of the parsed namespace."""
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in config_fields():
+    for f in fields:
         section = f.key.split(".")[0] if "." in f.key else "model"
         if section not in groups:
             groups[section] = p.add_argument_group(section)
         kw: dict[str, typing.Any] = {"dest": f.key, "default": argparse.SUPPRESS}
-        if f.type is bool:
+        if f.type is bool or f.type == (bool | None):
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(f.type) is dict or f.type is dict:
             kw["type"] = json.loads
@@ -45,11 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         shown = "" if f.default in (None, {}) else f" (default: {f.default})"
         kw["help"] = (f.help + shown).strip() or " "
         groups[section].add_argument(f.flag, **kw)
-    p.set_defaults(func=run)
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, typing.Any]:
-    skip = {"command", "func", "config", "resume"}
+    skip = {"command", "func", "config", "resume", "detect_command"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 

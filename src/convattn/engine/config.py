@@ -250,9 +250,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build a :class:`Config` from a nested mapping, rejecting unknown keys."""
-    return _build(Config, data or {}, "")
+def config_from_dict(data: dict[str, Any], cls: type = Config) -> Any:
+    """Build a :class:`Config` (or another recipe class ``cls``, e.g. detection's) from a
+    nested mapping, rejecting unknown keys."""
+    return _build(cls, data or {}, "")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -299,8 +300,11 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> Config:
-    """The :class:`Config` of the nested mapping ``data`` with dotted ``overrides`` applied."""
+def apply_overrides(
+    data: dict[str, Any], overrides: dict[str, Any] | None, cls: type = Config
+) -> Any:
+    """The :class:`Config` (or ``cls``) of the nested mapping ``data`` with dotted
+    ``overrides`` applied."""
     for dotted, value in (overrides or {}).items():
         nested: dict[str, Any] = {}
         cur = nested
@@ -309,7 +313,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> C
             cur = cur.setdefault(part, {})
         cur[last] = value
         data = merge_sections(data, nested)
-    return config_from_dict(data)
+    return config_from_dict(data, cls)
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -321,12 +325,15 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, cls: type = Config
+) -> Any:
     """Read a YAML recipe (a file or a packaged recipe name; or start from defaults) and
-    apply dotted ``overrides`` such as ``{"optim.lr": 0.05, "model": "resnet50"}``."""
+    apply dotted ``overrides`` such as ``{"optim.lr": 0.05, "model": "resnet50"}``; the
+    recipe is a :class:`Config` unless ``cls`` names another recipe class."""
     data = {} if path is None else read_recipe(path)
     try:
-        return apply_overrides(data, overrides)
+        return apply_overrides(data, overrides, cls)
     except ValueError as err:
         raise ValueError(f"{path or 'config'}: {err}") from None
 

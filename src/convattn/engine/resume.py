@@ -54,30 +54,33 @@ def checkpoint_file(resume: str | Path) -> Path:
     return path
 
 
-def saved_config(ckpt: dict[str, Any]) -> Config:
-    """The config a training checkpoint was written with."""
+def saved_config(ckpt: dict[str, Any], cls: type = Config) -> Any:
+    """The config a training checkpoint was written with (a ``cls``, default
+    :class:`Config`)."""
     if not isinstance(ckpt.get("config"), dict):
         raise ValueError("the checkpoint holds no run config (not a training checkpoint)")
-    return config_from_dict(ckpt["config"])
+    return config_from_dict(ckpt["config"], cls)
 
 
 def resume_config(
     resume: str | Path,
     overrides: dict[str, Any] | None = None,
     recipe: dict[str, Any] | None = None,
-) -> Config:
+    cls: type = Config,
+) -> Any:
     """The config to resume ``resume`` (a run folder or checkpoint) with: the run's own,
     with the keys of ``recipe`` (a nested mapping) and dotted ``overrides`` applied.
-    Raises ``ValueError`` if they change the recipe (see :func:`check_resume`)."""
+    ``cls`` is the recipe class (default :class:`Config`). Raises ``ValueError`` if they
+    change the recipe (see :func:`check_resume`)."""
     ckpt = load_training_state(checkpoint_file(resume), mmap=True)  # tensors stay on disk
-    saved = saved_config(ckpt)
+    saved = saved_config(ckpt, cls)
     data = merge_sections(config_to_dict(saved), recipe or {})
-    cfg = apply_overrides(data, overrides)
+    cfg = apply_overrides(data, overrides, cls)
     check_resume(saved, cfg, done_epochs=int(ckpt["epoch"]), where=str(resume))
     return cfg
 
 
-def check_resume(saved: Config, cfg: Config, *, done_epochs: int, where: str = "") -> list[str]:
+def check_resume(saved: Any, cfg: Any, *, done_epochs: int, where: str = "") -> list[str]:
     """Check that ``cfg`` continues the run of ``saved`` with ``done_epochs`` finished.
 
     Returns the execution keys that differ (as ``"key: old -> new"``); raises
@@ -108,7 +111,7 @@ def check_resume(saved: Config, cfg: Config, *, done_epochs: int, where: str = "
     return changed
 
 
-def _epochs_refused(saved: Config, epochs: int, done: int) -> str | None:
+def _epochs_refused(saved: Any, epochs: int, done: int) -> str | None:
     if saved.schedule.kind != "step":
         return f"the {saved.schedule.kind} schedule depends on the run's length"
     if epochs < done:

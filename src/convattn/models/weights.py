@@ -22,7 +22,9 @@ one that is no checkpoint, each with a one-line :class:`CheckpointError` naming 
 
 Files saved before PyTorch 0.4.1, such as the authors' 2018 checkpoints, have no BatchNorm
 ``num_batches_tracked`` counters: as ``load_state_dict`` does, the model keeps its own
-(:attr:`LoadReport.counters_kept`). Any other mismatch raises :class:`CheckpointError`
+(:attr:`LoadReport.counters_kept`). A model without a classifier (``features_only``,
+e.g. a detection backbone) ignores the file's classifier ``fc.*``
+(:attr:`LoadReport.head_skipped`). Any other mismatch raises :class:`CheckpointError`
 listing the offending keys unless ``strict=False`` asks for a partial load.
 """
 
@@ -80,11 +82,15 @@ class LoadReport:
     #: ``num_batches_tracked`` counters of loaded BatchNorms that the file lacks (saved
     #: before PyTorch 0.4.1); the model keeps its own, as ``load_state_dict`` does.
     counters_kept: list[str] = field(default_factory=list)
+    #: classifier keys of the file that a model without a classifier ignores.
+    head_skipped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.format} checkpoint: {len(self.loaded)} tensors loaded"]
         if self.counters_kept:
             parts.append(f"{len(self.counters_kept)} BatchNorm counters not in the file (kept)")
+        if self.head_skipped:
+            parts.append(f"classifier ignored ({', '.join(self.head_skipped)})")
         for name in ("missing", "unexpected", "mismatched"):
             keys = getattr(self, name)
             if keys:
@@ -281,6 +287,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     own = model.state_dict()
     state = _rename_stage_attention(state, own)
     report = LoadReport(fmt)
+    if getattr(model, "features_only", False):  # no classifier to load into
+        report.head_skipped = sorted(k for k in state if k.startswith("fc.") and k not in own)
+        state = {k: v for k, v in state.items() if k not in report.head_skipped}
     report.unexpected = sorted(k for k in state if k not in own)
     report.missing = sorted(k for k in own if k not in state)
     report.mismatched = sorted(

@@ -1,5 +1,6 @@
 """The report's pictures (matplotlib, drawn off-screen): training curves, Grad-CAM grids in
-the CBAM paper's Figure 4 layout, and CBAM's spatial maps stage by stage.
+the CBAM paper's Figure 4 layout, CBAM's spatial maps stage by stage, and rows of images
+with boxes drawn (detection).
 
 CAMs are drawn over the image with a perceptual colour map ("inferno": lightness rises
 with the value, so the map reads the same in grey), half transparent.
@@ -20,7 +21,15 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["CAM_COLORMAP", "CamRow", "cam_grid", "curves_figure", "maps_grid", "to_png"]
+__all__ = [
+    "CAM_COLORMAP",
+    "CamRow",
+    "boxes_grid",
+    "cam_grid",
+    "curves_figure",
+    "maps_grid",
+    "to_png",
+]
 
 CAM_COLORMAP = "inferno"
 
@@ -119,5 +128,21 @@ def maps_grid(images: torch.Tensor, maps: dict[str, torch.Tensor]) -> Figure:
             if i == 0:
                 ax.set_title(name, fontsize=7)
     axes[0][0].set_title("input", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def boxes_grid(rows: Sequence[tuple[str, Sequence[torch.Tensor]]]) -> Figure:
+    """Rows of pictures with boxes drawn, ``uint8`` (3, H, W) each, the row's name at its
+    left (the ground truth first, then one row per detector)."""
+    n = max(len(pics) for _, pics in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.9 * n, 1.95 * len(rows)), squeeze=False)
+    for i, (label, pics) in enumerate(rows):
+        for j in range(n):
+            if j < len(pics):
+                _show(axes[i][j], pics[j])
+            else:
+                axes[i][j].axis("off")
+        axes[i][0].set_ylabel(label, fontsize=8)
     fig.tight_layout()
     return fig

@@ -4,9 +4,11 @@ The page holds the Table-4-style summary (parameters, GFLOPs, top-1/top-5 error,
 images/s), the training curves, Grad-CAM of every run on a fixed sample of validation
 images (the CBAM paper's Figure 4 layout, with the target's softmax probability), CBAM's
 spatial maps stage by stage, and localisation scores (pointing game, energy in box) when
-the dataset keeps object boxes. Every picture is embedded as a PNG ``data:`` URI with an
-``alt`` text; nothing is fetched from a network. The layout reflows from a phone's width
-to a desktop's.
+the dataset keeps object boxes. Detection runs (``convattn detect train``) get their own
+part: the mAP table (COCO and VOC figures), AP per class, and predicted boxes with
+scores on sample evaluation images (:mod:`convattn.report.detection`). Every picture
+is embedded as a PNG ``data:`` URI with an ``alt`` text; nothing is fetched from a
+network. The layout reflows from a phone's width to a desktop's.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ import torch
 from .._version import __version__
 from ..engine.run import SUMMARY_COLUMNS
 from ..explain import GradCAM, capture_attention, localization_scores
-from .figures import CamRow, cam_grid, curves_figure, maps_grid, to_png
+from .detection import (
+    DetectionRunView,
+    class_rows,
+    detection_rows,
+    is_detection_run,
+    read_detection_run,
+    summary_rows,
+)
+from .figures import CamRow, boxes_grid, cam_grid, curves_figure, maps_grid, to_png
 from .runs import Explained, RunView, read_run, sample_val_images
 
 __all__ = ["build_report", "explain_rows"]
@@ -160,6 +170,29 @@ def _sections(runs: list[RunView], images: int, samples: int, seed: int) -> list
     return out
 
 
+def _detection_sections(
+    runs: list[DetectionRunView], images: int, seed: int, score_thresh: float
+) -> list[str]:
+    head, rows = summary_rows(runs)
+    out = ["<h2>Detection</h2>", _table(head, rows, (
+        "From each detection run's summary.json, in percent: COCO mAP@[.5:.95] and AP at "
+        "IoU 0.5 and 0.75 (pycocotools), VOC mAP at IoU 0.5 by the 11-point (VOC07) and "
+        "area methods, at the last evaluation."))]  # fmt: skip
+    head, rows = class_rows(runs)
+    caption = "VOC AP at IoU 0.5 (area method, %) of each class at each run's last evaluation."
+    out += ["<h2>Detection: AP per class</h2>", _table(head, rows, caption)]
+    pics = detection_rows(runs, images, seed=seed, score_thresh=score_thresh)
+    alt = (f"Ground-truth boxes, then the boxes of {', '.join(r.name for r in runs)}, "
+           f"on {len(pics[0][1])} evaluation images")  # fmt: skip
+    out += [
+        "<h2>Detection: predicted boxes</h2>",
+        f"<p class='note'>Ground truth in the first row, then each run's best weights: "
+        f"boxes scoring at least {score_thresh:g}, with class and score.</p>",
+        _image(to_png(boxes_grid(pics)), alt, wide=True),
+    ]
+    return out
+
+
 def build_report(
     run_dirs: list[str | Path],
     out: str | Path,
@@ -167,28 +200,36 @@ def build_report(
     images: int = 6,
     samples: int = 256,
     seed: int = 0,
+    score_thresh: float = 0.5,
 ) -> Path:
     """Write the report of ``run_dirs`` to ``out`` and return its path.
 
     Args:
-        run_dirs: run folders (``convattn train``'s output); the first's validation set
-            gives the pictures' images.
+        run_dirs: run folders of ``convattn train`` and of ``convattn detect train``, in
+            any mix; the first of each kind gives that part's images.
         out: the ``.html`` file to write.
-        images: validation images in the Grad-CAM grid.
+        images: validation images in the Grad-CAM grid and the predicted-boxes rows.
         samples: validation images the localisation scores average over.
-        seed: which images (a class-stratified sample).
+        seed: which images (a class-stratified sample; detection: a seeded one).
+        score_thresh: detections drawn from this score.
     """
     if not run_dirs:
         raise ValueError("give at least one run folder")
-    runs = [read_run(d) for d in run_dirs]
-    body = "\n".join(_sections(runs, images, samples, seed))
+    detect = [is_detection_run(d) for d in run_dirs]
+    runs = [read_run(d) for d, det in zip(run_dirs, detect, strict=True) if not det]
+    det_runs = [read_detection_run(d) for d, det in zip(run_dirs, detect, strict=True) if det]
+    sections = _sections(runs, images, samples, seed) if runs else []
+    if det_runs:
+        sections += _detection_sections(det_runs, images, seed, score_thresh)
+    names = ", ".join(Path(d).name for d in run_dirs)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     page = (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>convattn report</title><style>{_CSS}</style></head><body>"
-        f"<h1>convattn report: {html.escape(', '.join(r.name for r in runs))}</h1>"
-        f"<p class='note'>Written {stamp} by convattn {__version__}.</p>{body}</body></html>"
+        f"<h1>convattn report: {html.escape(names)}</h1>"
+        f"<p class='note'>Written {stamp} by convattn {__version__}.</p>"
+        f"{chr(10).join(sections)}</body></html>"
     )
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,118 @@
+"""The detection engine: a run folder, and resuming it (after an epoch, or after SIGTERM in
+the middle of one) ends with exactly the uninterrupted run's weights and records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from convattn.detection.config import DetectionConfig
+from convattn.detection.engine import fit_detection
+from convattn.detection.evaluate import evaluate_run
+from convattn.engine import StopRequested
+from convattn.engine.config import load_config
+from convattn.engine.resume import resume_config
+
+RECIPE = {
+    "model": "resnet18_cbam",
+    "detector.min_size": 64, "detector.max_size": 64, "detector.fpn_channels": 16,
+    "detector.representation_size": 32,
+    "data.path": "synthetic:train=8,val=4,img_size=64", "data.batch_size": 2,
+    "schedule.epochs": 2, "optim.lr": 0.01, "run.threads": 1, "run.progress": False,
+}  # fmt: skip
+TIMING = ("images_per_s",)
+
+
+def _cfg(out: Path, name: str, **extra) -> DetectionConfig:
+    over = {**RECIPE, "run.output": str(out), "run.name": name, **extra}
+    return load_config(None, over, cls=DetectionConfig)
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.endswith(TIMING)} for r in rows]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    assert _metrics(a) == _metrics(b)
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("det")
+    row = fit_detection(_cfg(out, "full"))
+    assert row["epochs"] == 2 and row["detector"] == "faster_rcnn"
+    return out / "full"
+
+
+def test_a_run_folder_holds_everything(uninterrupted):
+    names = {p.name for p in uninterrupted.iterdir()}
+    assert {"config.yaml", "dataset.json", "metrics.jsonl", "checkpoint.pt", "best.safetensors",
+            "summary.json", "summary.md", "train.log"} <= names  # fmt: skip
+    info = json.loads((uninterrupted / "dataset.json").read_text())
+    assert info["task"] == "detection" and len(info["classes"]) == 5
+    rows = _metrics(uninterrupted)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"val_map", "val_map_50", "val_voc07_map", "val_voc_map", "val_ap_per_class"} <= set(
+        rows[-1]
+    )
+    assert rows[-1]["best_map"] == max(r["val_map"] for r in rows)
+    assert "mAP" in (uninterrupted / "summary.md").read_text()
+
+
+def test_resume_after_an_epoch_equals_the_uninterrupted_run(uninterrupted, tmp_path):
+    fit_detection(_cfg(tmp_path, "part", **{"schedule.epochs": 1}))
+    cfg = resume_config(tmp_path / "part", {"schedule.epochs": 2}, cls=DetectionConfig)
+    fit_detection(cfg, resume=tmp_path / "part")
+    _same_run(uninterrupted, tmp_path / "part")
+
+
+def test_resume_after_sigterm_mid_epoch_equals_the_uninterrupted_run(uninterrupted, tmp_path):
+    seen = [0]
+
+    def hook(module, args):  # a real signal during the 6th training forward (epoch 2)
+        if type(module).__name__ == "FasterRCNN" and module.training:
+            seen[0] += 1
+            if seen[0] == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        with pytest.raises(StopRequested):
+            fit_detection(_cfg(tmp_path, "stopped"))
+    finally:
+        handle.remove()
+    ckpt = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
+    fit_detection(resume_config(tmp_path / "stopped", cls=DetectionConfig),
+                  resume=tmp_path / "stopped")  # fmt: skip
+    _same_run(uninterrupted, tmp_path / "stopped")
+
+
+def test_resume_refuses_another_recipe(uninterrupted):
+    with pytest.raises(ValueError, match=r"optim.lr 0.01 -> 0.5"):
+        resume_config(uninterrupted, {"optim.lr": 0.5}, cls=DetectionConfig)
+
+
+def test_evaluate_run_scores_the_best_weights(uninterrupted):
+    metrics = evaluate_run(uninterrupted)
+    assert metrics["images"] == 4
+    assert metrics["map"] == pytest.approx(_metrics(uninterrupted)[-1]["best_map"])
+
+
+def test_unsupported_recipe_keys_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"run\.ema_decay"):
+        fit_detection(_cfg(tmp_path, "x", **{"run.ema_decay": 0.99}))
