@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import RECIPES, OptimConfig, RunConfig, ScheduleConfig, opt
+from ..engine.config import (
+    RECIPES,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    opt,
+    packaged_file,
+)
 
 __all__ = [
     "DETECTION_RECIPES",
@@ -41,14 +48,7 @@ DETECTION_RECIPES = RECIPES / "detection"
 
 def detection_recipe(path: str | Path) -> Path:
     """``path`` itself, or the packaged detection recipe of that name ("demo")."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    packaged = DETECTION_RECIPES / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
-    if packaged.is_file():
-        return packaged
-    names = ", ".join(sorted(f.stem for f in DETECTION_RECIPES.glob("*.yaml")))
-    raise FileNotFoundError(f"config file not found: {p} (packaged detection recipes: {names})")
+    return packaged_file(path, DETECTION_RECIPES, "detection recipe")
 
 
 @dataclass
