@@ -40,6 +40,13 @@ def triton_available() -> bool:
     return _importable()
 
 
+@torch.compiler.assume_constant_result
+def _compile_kernels() -> bool:
+    from .. import COMPILE_FUSED
+
+    return COMPILE_FUSED
+
+
 def triton_target(x: torch.Tensor) -> bool:
     """Whether ``x`` belongs to the Triton kernels rather than the C++ ones: CUDA tensors
     (and CPU tensors where :data:`FORCE_CPU_ENV` forces it)."""
@@ -94,7 +101,7 @@ def _canonical(x: torch.Tensor) -> torch.Tensor:
 def _prefer(x: torch.Tensor) -> bool:
     """For ``impl="auto"``: under ``torch.compile`` with gradients off (inference) the
     eager operations are recorded, which the compiler fuses with their neighbours."""
-    return not (torch.compiler.is_compiling() and not torch.is_grad_enabled())
+    return not torch.compiler.is_compiling() or torch.is_grad_enabled()
 
 
 def run_triton(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
@@ -102,6 +109,8 @@ def run_triton(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     if module.impl == "eager" or triton_unsupported(module, x) is not None:
         return None
     if x.shape[1] != module.channels or (module.impl == "auto" and not _prefer(x)):
+        return None
+    if torch.compiler.is_compiling() and not _compile_kernels():  # COMPILE_FUSED off
         return None
     from . import ops  # imports Triton: only once a CBAM runs here
 
