@@ -287,9 +287,9 @@ def test_compiled_fullgraph_calls_the_operator_and_matches_reference():
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_inductor_compiled_matches_reference_on_cuda(dtype):
-    m = _module(16, reduction=4)
+    m = _module(8, reduction=2)
     m64 = copy.deepcopy(m).cpu().double()
-    x = _distinct(2, 16, 5, 5, dtype=dtype, fmt=CL)
+    x = _distinct(2, 8, 5, 5, dtype=dtype, fmt=CL)
     y = torch.compile(m, fullgraph=True)(x)
     want = ref.cbam(ref.arr(x), m64, training=True)
     tol = LOW.get(dtype, 1e-5)
