@@ -73,8 +73,7 @@ def _module(c, *, train=True, dtype=torch.float32, seed=0, **kw):
     return ref.randomize_(CBAM(c, impl="fused", **kw), seed).to(DEV, dtype).train(train)
 
 
-def _step(m, x, g):
-    """Output, gradients by name ("x" and the parameters') after one backward."""
+def _step(m, x, g):  # output, gradients by name ("x" and the parameters')
     x = x.detach().clone().requires_grad_()
     y = m(x)
     y.backward(g)
@@ -174,20 +173,14 @@ def test_auto_and_inference_run_the_kernels_forward_only(calls):
     assert calls == {"forward": 1, "backward": 0}
 
 
-@pytest.mark.parametrize(
-    "kwargs,x",
-    [
-        ({"arrangement": "spatial-channel"}, None),
-        ({"arrangement": "parallel"}, None),
-        ({"spatial": False}, None),
-        ({"pool_types": ("avg", "lp")}, None),
-        ({"pool_types": ("lse",)}, None),
-        ({"spatial_pooling": "conv1x1"}, None),
-        ({}, torch.float64),
-        ({}, "strided"),
-    ],
-    ids=["spatial-channel", "parallel", "channel-only", "lp", "lse", "conv1x1", "f64", "strided"],
-)
+UNCOVERED = [({"arrangement": "spatial-channel"}, None), ({"arrangement": "parallel"}, None),
+             ({"spatial": False}, None), ({"pool_types": ("avg", "lp")}, None),
+             ({"pool_types": ("lse",)}, None), ({"spatial_pooling": "conv1x1"}, None),
+             ({}, torch.float64), ({}, "strided")]  # fmt: skip
+NAMES = ["spatial-channel", "parallel", "channel-only", "lp", "lse", "conv1x1", "f64", "strided"]
+
+
+@pytest.mark.parametrize("kwargs,x", UNCOVERED, ids=NAMES)
 def test_uncovered_cases_fall_back_to_eager(kwargs, x, calls):
     dtype = x if isinstance(x, torch.dtype) else torch.float32
     x = _x(2, 8, 4, 8, dtype=dtype)[..., ::2] if x == "strided" else _x(2, 8, 4, 4, dtype=dtype)
@@ -241,8 +234,6 @@ def _op_args(m, x):
 def test_fake_kernel_gives_shapes_without_running_the_kernels(calls):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from convattn.fused.triton import ops
-
     m = _module(16, reduction=4)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         x = mode.from_tensor(_x(2, 16, 5, 6, fmt=CL))
@@ -250,7 +241,7 @@ def test_fake_kernel_gives_shapes_without_running_the_kernels(calls):
     assert out[0].shape == x.shape and out[0].stride() == x.stride()
     assert [tuple(t.shape) for t in out[1:7]] == [(2, 16), (2, 2, 16), (2, 16), (2, 2, 30),
                                                   (2, 30), (2, 30)]  # fmt: skip
-    assert out[3].dtype == torch.int32 and ops is not None
+    assert out[3].dtype == torch.int32 and out[5].dtype == torch.int32
 
 
 def test_opcheck_passes(calls):
