@@ -10,6 +10,10 @@ in evaluation mode. Ratios are against the plain ResNet-50 in the same mode.
     python benchmarks/bench_models.py                       # ResNet-50, batch 16, 224 px
     python benchmarks/bench_models.py --arch cifar_resnet20 --batch 128 --size 32
     python benchmarks/bench_models.py --phases --memory     # bytes saved for backward only
+    python benchmarks/bench_models.py --device cuda --batch 64 --amp  # bf16 autocast on CUDA
+
+On CUDA (where "auto" runs the Triton CBAM) each step is timed with CUDA events, and
+``--modes`` may add ``autotune`` (``torch.compile(mode="max-autotune")``).
 
 Needs timm (``pip install -e .[bench]``) for the timm rows. Prints a Markdown table and
 writes JSON (default ``benchmarks/results/bench_models.json``).
@@ -18,17 +22,17 @@ writes JSON (default ``benchmarks/results/bench_models.json``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from convattn.bench import saved_bytes
+from convattn.bench import saved_bytes, time_step
 from convattn.models import create_model
 
 
@@ -48,15 +52,25 @@ def candidates(arch: str, timm_too: bool) -> dict[str, Callable[[], torch.nn.Mod
 
 
 def make_step(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool, compile_: bool
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool, mode: str, amp: bool
 ):
-    fn = torch.compile(model) if compile_ else model
+    """One training step or inference call; ``mode`` "eager", "compiled" or "autotune"."""
+    fn = model
+    if mode != "eager":
+        fn = torch.compile(model, mode="max-autotune" if mode == "autotune" else None)
+
+    def autocast():
+        if not amp:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
+
     if train:
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step() -> None:
-            loss = F.cross_entropy(fn(x), y)
+            with autocast():
+                loss = F.cross_entropy(fn(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -65,7 +79,7 @@ def make_step(
     model.eval()
 
     def infer() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             fn(x)
 
     return infer
@@ -80,7 +94,7 @@ def saved_memory(
     for name, build in candidates(arch, timm_too).items():
         if name not in skip:
             torch.manual_seed(0)
-            out[name] = saved_bytes(build().to(memory_format=fmt).train(), x)
+            out[name] = saved_bytes(build().to(x.device, memory_format=fmt).train(), x)
     return out
 
 
@@ -93,7 +107,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=["eager", "compiled"],
+        choices=["eager", "compiled", "autotune"],
+    )
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast")  # fmt: skip
     ap.add_argument("--phases", nargs="*", default=["train", "infer"])
     ap.add_argument("--skip", nargs="*", default=[], help="candidate names to leave out")
     ap.add_argument("--no-timm", action="store_true")
@@ -103,7 +124,8 @@ def main() -> None:
     args = ap.parse_args()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     timm_too = not args.no_timm and args.arch == "resnet50"
-    x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    x = x.contiguous(memory_format=fmt)
     rows = []
     for mode in args.modes:
         for phase in args.phases:
@@ -112,17 +134,17 @@ def main() -> None:
                 if name in args.skip:
                     continue
                 torch.manual_seed(0)
-                model = build().to(memory_format=fmt)
-                y = torch.randint(0, 1000, (args.batch,)) % model(x[:1]).shape[1]
-                steps[name] = make_step(model, x, y, phase == "train", mode == "compiled")
+                model = build().to(args.device, memory_format=fmt)
+                y = torch.randint(0, 1000, (args.batch,), device=args.device)
+                y = y % model(x[:1]).shape[1]
+                train = phase == "train"
+                steps[name] = make_step(model, x, y, train, mode, args.amp)
                 for _ in range(args.warmup):  # includes compilation
                     steps[name]()
                 times[name] = []
             for _ in range(args.repeats):  # alternate candidates
                 for name, step in steps.items():
-                    t0 = time.perf_counter()
-                    step()
-                    times[name].append(time.perf_counter() - t0)
+                    times[name].append(time_step(step, args.device))
             base = statistics.median(times[args.arch])
             for name, ts in times.items():
                 med = statistics.median(ts)
@@ -130,6 +152,10 @@ def main() -> None:
                              "ratio": med / base, "times_s": ts})  # fmt: skip
     memory = saved_memory(args.arch, timm_too, x, args.skip, fmt) if args.memory else {}
     cpu = platform.processor() or platform.machine()
+    if args.device == "cuda":
+        cpu = torch.cuda.get_device_name()
+    if args.amp:
+        cpu += ", bfloat16 autocast"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}; batch "
           f"{args.batch}, {args.size} px, channels_last {args.channels_last}, "
           f"median of {args.repeats}\n")  # fmt: skip

@@ -8,6 +8,11 @@ import os
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Before anything imports Triton (torch._dynamo does): without a GPU its kernels,
+    # convattn's Triton CBAM included, run on CPU tensors in Triton's interpreter.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from convattn.models import create_model
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -245,7 +245,7 @@ def test_auto_stays_eager_with_far_fewer_samples_than_threads(monkeypatch, calls
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_input_runs_eager(calls):
+def test_cuda_input_does_not_run_the_cpu_kernels(calls):
     m = ref.randomize_(CBAM(16, reduction=4, impl="fused")).cuda()
     y = m(_x(2, 16, 4, 4, dtype=torch.float32).cuda())
     assert y.is_cuda and calls["forward"] == 0

@@ -1,7 +1,11 @@
-"""Module-level timing of CBAM (or SE) implementations on the CPU, with bandwidth floors.
+"""Module-level timing of CBAM (or SE) implementations on the CPU or CUDA, with bandwidth
+floors.
 
 Candidates run in alternating rounds in one process and the median per candidate is
-kept, so load from other processes hits all of them alike. Reference passes over the
+kept, so load from other processes hits all of them alike. On CUDA each step is timed
+with CUDA events (the device's time, synchronised after each step); "fused" is then the
+Triton CBAM, and ``precision="bf16-autocast"`` feeds a bfloat16 input under autocast, as
+inside a network trained with AMP. Reference passes over the
 input-sized tensor: ``pass`` is ``y = x * 2`` (one read and one write into a new tensor)
 and ``read`` is ``x.sum()`` (one read).
 
@@ -25,7 +29,17 @@ from torch import nn
 
 from ..layers import CBAM, SqueezeExcite
 
-__all__ = ["CANDIDATES", "ModuleBench", "bench_module", "format_module_table", "saved_bytes"]
+__all__ = [
+    "CANDIDATES",
+    "PRECISIONS",
+    "ModuleBench",
+    "bench_module",
+    "format_module_table",
+    "saved_bytes",
+    "time_step",
+]
+
+PRECISIONS = ("float32", "bf16-autocast")
 
 #: Candidate names: reference passes, our implementations, timm's (needs ``timm``).
 CANDIDATES = (
@@ -35,6 +49,7 @@ CANDIDATES = (
     "fused-compiled",
     "eager",
     "eager-compiled",
+    "eager-autotune",
     "timm-eager",
     "timm-compiled",
 )
@@ -51,7 +66,8 @@ def _timm(module: str, c: int) -> nn.Module:
 
 
 def build(name: str, module: str, c: int) -> nn.Module:
-    """The module of candidate ``name`` (``<impl>[-compiled]``) for ``c`` channels."""
+    """The module of candidate ``name`` (``<impl>[-compiled|-autotune]``) for ``c``
+    channels; "autotune" compiles with ``mode="max-autotune"``."""
     impl, _, compiled = name.partition("-")
     if impl == "timm":
         m = _timm(module, c)
@@ -60,6 +76,8 @@ def build(name: str, module: str, c: int) -> nn.Module:
     else:
         m = CBAM(c, impl=impl)
     m.train()
+    if compiled == "autotune":
+        return torch.compile(m, mode="max-autotune")
     return torch.compile(m) if compiled == "compiled" else m
 
 
@@ -85,6 +103,8 @@ class ModuleBench:
     channels_last: bool
     train: bool
     threads: int
+    device: str = "cpu"
+    precision: str = "float32"
     median_ms: dict[str, float] = field(default_factory=dict)
     min_ms: dict[str, float] = field(default_factory=dict)
     saved_x_input: dict[str, float] = field(default_factory=dict)
@@ -106,17 +126,26 @@ def bench_module(
     candidates: tuple[str, ...] = ("pass", "read", "fused", "eager"),
     rounds: int = 7,
     train: bool = True,
+    device: str = "cpu",
+    precision: str = "float32",
 ) -> ModuleBench:
-    """Time ``candidates`` on a random (N, C, H, W) float32 input of ``shape``."""
+    """Time ``candidates`` on a random (N, C, H, W) input of ``shape`` on ``device``:
+    float32, or with ``precision="bf16-autocast"`` bfloat16 under autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     unknown = set(candidates) - set(CANDIDATES)
     if unknown:
         raise ValueError(f"unknown candidates {sorted(unknown)}; valid: {', '.join(CANDIDATES)}")
     torch.manual_seed(0)
     n, c, h, w = shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(n, c, h, w).contiguous(memory_format=fmt).requires_grad_()
-    g = torch.randn(n, c, h, w).contiguous(memory_format=fmt)
-    res = ModuleBench(module, tuple(shape), channels_last, train, torch.get_num_threads())
+    dtype = torch.bfloat16 if precision == "bf16-autocast" else torch.float32
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype)
+    x = x.contiguous(memory_format=fmt).requires_grad_()
+    g = torch.randn(n, c, h, w, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    threads = torch.get_num_threads()
+    res = ModuleBench(module, tuple(shape), channels_last, train, threads, device, precision)
+    amp = precision == "bf16-autocast"
     steps: dict[str, Callable[[], object]] = {}
     for name in candidates:
         if name == "pass":
@@ -125,26 +154,50 @@ def bench_module(
         if name == "read":
             steps[name] = lambda: x.detach().sum()
             continue
-        m = build(name, module, c)
+        m = build(name, module, c).to(device)
         if not train:
             m.eval()
-            steps[name] = _no_grad(m, x)
+            steps[name] = _autocast(_no_grad(m, x), device, amp)
             continue
-        steps[name] = _train_step(m, x, g)
-        if "compiled" not in name:
-            res.saved_x_input[name] = saved_bytes(m, x) / x.nbytes
+        steps[name] = _autocast(_train_step(m, x, g), device, amp)
+        if not name.endswith(("-compiled", "-autotune")):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+                res.saved_x_input[name] = saved_bytes(m, x) / x.nbytes
     for step in steps.values():
-        for _ in range(2):  # warm-up (and compilation)
+        for _ in range(3):  # warm-up (and compilation, autotuning)
             step()
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(time_step(step, device))
     res.median_ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     res.min_ms = {k: 1e3 * min(v) for k, v in times.items()}
     return res
+
+
+def time_step(step: Callable[[], object], device: str) -> float:
+    """Seconds of one step: wall clock on the CPU, CUDA events on the device."""
+    if device != "cuda":
+        t0 = time.perf_counter()
+        step()
+        return time.perf_counter() - t0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def _autocast(step: Callable[[], None], device: str, amp: bool) -> Callable[[], None]:
+    if not amp:
+        return step
+
+    def under_autocast() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16):
+            step()
+
+    return under_autocast
 
 
 def _train_step(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
@@ -172,7 +225,8 @@ def format_module_table(results: list[ModuleBench]) -> str:
     lines = ["| " + " | ".join(head) + " |", "| --- | --- |" + " ---: |" * (len(head) - 2)]
     for r in results:
         m = r.median_ms
-        cells = ["x".join(map(str, r.shape)), "channels_last" if r.channels_last else "NCHW"]
+        fmt = "channels_last" if r.channels_last else "NCHW"
+        cells = ["x".join(map(str, r.shape)), fmt if r.precision == "float32" else f"{fmt} bf16"]
         cells += [f"{m[n]:.1f}" if n in m else "-" for n in names]
         floor = r.floor_ms
         cells.append("-" if floor is None else f"{floor:.1f}")

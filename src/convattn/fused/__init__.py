@@ -1,6 +1,6 @@
 """Fused CPU kernels for CBAM and its channel gate (SE included), optionally with the
 residual block around it: the last BatchNorm before it and the residual addition and ReLU
-after it.
+after it; on CUDA, Triton kernels for CBAM (:mod:`.triton`, which says what they cover).
 
 Paper: Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module", ECCV 2018,
 https://arxiv.org/abs/1807.06521. The math is that of :mod:`convattn.layers`; only the
@@ -18,15 +18,15 @@ tail, :func:`residual_tail`). Importing this package registers :func:`run_fused`
 layers' one hook point (:mod:`convattn.layers._accel`), so ``CBAM(impl="auto")`` and
 ``"fused"`` try the kernels first.
 
-Covered: CPU float32/float64 input, contiguous or channels_last (the output keeps the
-format), pools any non-empty subset of {avg, max}, "avgmax" spatial pooling with or without
-BatchNorm, any odd kernel size, every arrangement and the channel gate alone, training and
-evaluation mode (BatchNorm running statistics and ``num_batches_tracked`` updated as
-``nn.BatchNorm2d`` does), any N, H, W. The block's BatchNorm is folded for the
-channel-spatial arrangement and the channel gate alone, for ``nn.BatchNorm2d`` itself
-(affine or not, with or without running statistics); other normalisations (synchronised
-BatchNorm included) run eagerly before the fused attention and tail. Modules with hooks
-run eagerly. Everything else runs the eager modules.
+Covered (CPU; CUDA tensors go to :mod:`.triton` instead): float32/float64 input, contiguous
+or channels_last (the output keeps the format), pools any non-empty subset of {avg, max},
+"avgmax" spatial pooling with or without BatchNorm, any odd kernel size, every arrangement
+and the channel gate alone, training and evaluation mode (BatchNorm running statistics and
+``num_batches_tracked`` updated as ``nn.BatchNorm2d`` does), any N, H, W. The block's
+BatchNorm is folded for the channel-spatial arrangement and the channel gate alone, for
+``nn.BatchNorm2d`` itself (affine or not, with or without running statistics); other
+normalisations (synchronised BatchNorm included) run eagerly before the fused attention and
+tail. Modules with hooks run eagerly. Everything else runs the eager modules.
 
 Deviations from the eager modules: max pooling sends its gradient to the first maximal
 element where ``amax`` splits it evenly between tied maxima (ties have measure zero for
@@ -61,7 +61,8 @@ __all__ = [
     "run_fused",
 ]
 
-#: Whether ``torch.compile`` graphs call the fused operator (else the eager operations).
+#: Whether ``torch.compile`` graphs call the fused operators, C++ or Triton (else the eager
+#: operations).
 COMPILE_FUSED = True
 
 register_accelerated(run_fused)

@@ -1,5 +1,6 @@
 """When and how the fused kernels run a CBAM or channel attention module: eligibility,
-the ``impl="auto"`` rule, and the BatchNorm bookkeeping around the pure operators.
+the ``impl="auto"`` rule, and the BatchNorm bookkeeping around the pure operators. CUDA
+tensors are handed to the Triton kernels' own dispatch (:mod:`convattn.fused.triton`).
 
 :func:`run_fused` computes ``module(x)`` with the kernels, optionally with the residual
 block around it (``relu(module(norm(x)) + shortcut)``), or returns ``None`` where the
@@ -202,8 +203,16 @@ def run_fused(
 
     With ``norm``, ``x`` is that BatchNorm's input and the result is ``module(norm(x))``;
     with ``shortcut`` it is added to the attention's output, then ``relu`` applies the
-    ReLU."""
-    if module.impl == "eager" or fused_unsupported(module, x) is not None:
+    ReLU. CUDA tensors go to the Triton kernels (:mod:`convattn.fused.triton`), which
+    fold no residual tail: with ``shortcut`` or ``norm`` the caller composes it eagerly
+    and its attention call comes back here alone."""
+    if module.impl == "eager":
+        return None
+    from .triton.dispatch import run_triton, triton_target  # it imports this module
+
+    if triton_target(x):
+        return None if shortcut is not None or norm is not None else run_triton(module, x)
+    if fused_unsupported(module, x) is not None:
         return None
     if x.dim() != 4 or x.shape[1] != module.channels:  # the eager call raises the error
         return None

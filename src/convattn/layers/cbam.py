@@ -19,9 +19,9 @@ spatial pooling order max-then-mean; see :mod:`convattn.layers.spatial`. With
 input.
 
 Implementations (``impl``): "eager" composes the branch modules' operations; "fused" runs
-the fused CPU kernels of :mod:`convattn.fused` (same math, fewer memory passes, only small
-tensors saved for backward) wherever they apply and the eager path elsewhere (other
-devices and dtypes, lp/lse pooling, conv1x1 spatial pooling, tracing and export); "auto"
+the fused kernels of :mod:`convattn.fused` (same math, fewer memory passes, only small
+tensors saved for backward: C++ on CPU, Triton on CUDA) wherever they apply and the eager
+path elsewhere (e.g. lp/lse pooling, conv1x1 spatial pooling, tracing and export); "auto"
 (default) is "fused" where that is expected to be the faster of the two. The kernels plug
 in at one hook point, :mod:`convattn.layers._accel`.
 """

@@ -1,0 +1,137 @@
+"""When the Triton kernels run a CBAM, and the BatchNorm bookkeeping around their pure
+operator (see :mod:`convattn.fused.triton` for what is covered)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+from torch import nn
+
+from ...layers import CBAM
+from ..dispatch import _batchnorm_unsupported, _bn_plan, _eager_only
+
+__all__ = ["FORCE_CPU_ENV", "run_triton", "triton_target", "triton_unsupported"]
+
+#: With ``TRITON_INTERPRET=1`` also set, ``CONVATTN_TRITON_ON_CPU=1`` sends CPU tensors to
+#: the Triton kernels (run by Triton's interpreter) as if they were CUDA tensors: cases
+#: the kernels do not cover then run eagerly, not on the C++ kernels. For tests only.
+FORCE_CPU_ENV = "CONVATTN_TRITON_ON_CPU"
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_POOLS = {"avg", "max"}
+
+
+@functools.cache
+def _importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@torch.compiler.assume_constant_result
+def _triton_on_cpu() -> bool:
+    forced = os.environ.get(FORCE_CPU_ENV) == "1"
+    return forced and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@torch.compiler.assume_constant_result
+def triton_available() -> bool:
+    """Whether Triton can be imported (evaluated once per graph under ``torch.compile``)."""
+    return _importable()
+
+
+@torch.compiler.assume_constant_result
+def _compile_kernels() -> bool:
+    from .. import COMPILE_FUSED
+
+    return COMPILE_FUSED
+
+
+def triton_target(x: torch.Tensor) -> bool:
+    """Whether ``x`` belongs to the Triton kernels rather than the C++ ones: CUDA tensors
+    (and CPU tensors where :data:`FORCE_CPU_ENV` forces it)."""
+    return x.device.type == "cuda" or (x.device.type == "cpu" and _triton_on_cpu())
+
+
+def triton_unsupported(module: nn.Module, x: torch.Tensor) -> str | None:
+    """Why the Triton kernels cannot run ``module`` on ``x``, or ``None`` when they can."""
+    if not isinstance(module, CBAM):
+        return f"{type(module).__name__} (Triton: CBAM)"
+    if _eager_only():
+        return "tracing, scripting, exporting or a functorch transform"
+    if not triton_available():
+        return "Triton is not installed"
+    if not triton_target(x):
+        return f"{x.device.type} input (Triton: CUDA)"
+    if x.dtype not in _DTYPES or x.dim() != 4:
+        return f"{x.dtype} {x.dim()}-d input (Triton: float32, bfloat16, float16, 4-d)"
+    if not 0 < x.numel() < 2**31:
+        return "empty input or 2**31 elements and more"
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return "input neither contiguous nor channels_last"
+    if module.spatial is None or module.arrangement != "channel-spatial":
+        return "channel gate alone or another arrangement (Triton: channel-spatial)"
+    if not set(module.channel.pool_types) <= _POOLS:
+        return f"pool types {module.channel.pool_types} (Triton: avg, max)"
+    spatial = module.spatial
+    if spatial.compress is not None:
+        return "conv1x1 spatial pooling"
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.device != x.device or not t.is_floating_point() for t in tensors if t.dim()):
+        return "parameters on another device or not floating point"
+    if spatial.bn is not None:
+        if type(spatial.bn) is not nn.BatchNorm2d:
+            return f"{type(spatial.bn).__name__} in the spatial gate (Triton: nn.BatchNorm2d)"
+        return _batchnorm_unsupported(spatial.bn, x)
+    return None
+
+
+def _canonical(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with the strides its format implies (a copy where size-1 dimensions differ),
+    as the kernels address it."""
+    _, c, h, w = x.shape
+    cl = not x.is_contiguous()
+    strides = (h * w * c, 1, w * c, c) if cl else (c * h * w, h * w, w, 1)
+    if x.stride() == strides:
+        return x
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return torch.empty_like(x, memory_format=fmt).copy_(x)
+
+
+def _prefer(x: torch.Tensor) -> bool:
+    """For ``impl="auto"``: under ``torch.compile`` with gradients off (inference) the
+    eager operations are recorded, which the compiler fuses with their neighbours."""
+    return not torch.compiler.is_compiling() or torch.is_grad_enabled()
+
+
+def run_triton(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``module(x)`` by the Triton kernels, or ``None`` where the eager path must run."""
+    if module.impl == "eager" or triton_unsupported(module, x) is not None:
+        return None
+    if x.shape[1] != module.channels or (module.impl == "auto" and not _prefer(x)):
+        return None
+    if torch.compiler.is_compiling() and not _compile_kernels():  # COMPILE_FUSED off
+        return None
+    from . import ops  # imports Triton: only once a CBAM runs here
+
+    channel, spatial = module.channel, module.spatial
+    fc1, fc2, bn = channel.fc1, channel.fc2, spatial.bn
+    mode, stats, factor, update = 0, (None, None, None, None), 0.0, False
+    if bn is not None:
+        batch_stats, factor, update = _bn_plan(bn)
+        mode = 2 if batch_stats else 1
+        stats = (bn.weight, bn.bias, None, None)
+        if not batch_stats:  # running statistics are read only when used
+            stats = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    pools = channel.pool_types
+    with torch.autocast(x.device.type, enabled=False):  # the op computes in float32
+        y, *_, batch = ops.cbam_forward(
+            _canonical(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias, spatial.conv.weight,
+            spatial.conv.bias, *stats, "avg" in pools, "max" in pools, mode,
+            0.0 if bn is None else bn.eps,
+        )  # fmt: skip
+    if update:
+        with torch.no_grad():  # running = (1 - factor) running + factor batch
+            bn.running_mean.lerp_(batch[0].to(bn.running_mean.dtype), factor)
+            bn.running_var.lerp_(batch[1].to(bn.running_var.dtype), factor)
+    return y

@@ -1,0 +1,246 @@
+"""The Triton CBAM operators ``convattn::triton_cbam_forward`` and ``triton_cbam_backward``.
+
+Both are :func:`torch.library.custom_op` operators: pure functions (the caller updates
+the BatchNorm's running statistics from the forward's ``batch`` result) whose bodies are
+Triton kernels (:mod:`.kernels`) and a few torch operations on tensors of N*C or N*H*W
+values (the channel MLP, the spatial BatchNorm's statistics), with fake (meta) kernels
+for ``torch.compile`` and the autograd formula that joins them. The compiler keeps each
+as one opaque node, as the C++ operators. (``torch.library.triton_op`` would let Inductor
+see the kernels, but its fake kernel is the body itself, which cannot be traced while
+Triton's interpreter runs the kernels, so the tests could not check that path.)
+
+``mode`` says what follows the spatial convolution: 0 its bias, 1 a BatchNorm with
+running statistics, 2 a BatchNorm with the batch's statistics. Parameters of any
+floating dtype are read as float32; gradients come back in their dtypes. Not differentiable twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+
+from ..ops import _grad_like_x
+from . import kernels as K
+
+__all__ = ["cbam_backward", "cbam_forward"]
+
+Tensor = torch.Tensor
+F32 = torch.float32
+
+
+def _tiles(x: Tensor) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P) of the big tensor's tiles: wide along its contiguous dimension."""
+    c, hw = x.shape[1], x.shape[2] * x.shape[3]
+    wide_c = x.stride(1) == 1 and c > 1  # channels_last
+    bc, bp = (64, 16) if wide_c else (8, 128)
+    return min(bc, triton.next_power_of_2(c)), min(bp, triton.next_power_of_2(hw))
+
+
+def _conv_tiles(conv_w: Tensor, hw: int) -> tuple[int, int, int]:
+    """k, the taps padded to a power of 2, and the positions per program of the conv."""
+    k = conv_w.shape[-1]
+    taps = triton.next_power_of_2(k * k)
+    return k, taps, max(1, min(4096 // taps, triton.next_power_of_2(hw)))
+
+
+def _geometry(x: Tensor) -> tuple[int, int, int, int, int, int]:
+    """n, c, hw and the strides of sample, channel and flat position."""
+    n, c, h, w = x.shape
+    return n, c, h * w, x.stride(0), x.stride(1), x.stride(3)
+
+
+def _mlp(v: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """Channel logits ``sum_p W1 relu(W0 v_p + b0) + b1``, (P, N, C) -> (N, C)."""
+    h = torch.relu(v @ w1.t() + b1)  # (P, N, C/r)
+    return (h @ w2.t() + b2).sum(0)
+
+
+def _gate_stats(s: Tensor, conv_b, bn_w, bn_b, rm, rv, mode: int, eps: float):
+    """stats = [A, B, mean, invstd] of the gate sigmoid(A s + B), and the batch's
+    [mean, unbiased variance] of s (zeros unless ``mode`` is 2)."""
+    one, zero = s.new_ones(()), s.new_zeros(())
+    batch = s.new_zeros(2)
+    if mode == 0:
+        b = zero if conv_b is None else conv_b.to(F32).reshape(())
+        return torch.stack([one, b, zero, one]), batch
+    if mode == 1:
+        mean, var = rm.to(F32).reshape(()), rv.to(F32).reshape(())
+    else:
+        var, mean = torch.var_mean(s, correction=0)
+        m = s.numel()
+        batch = torch.stack([mean, var * (m / (m - 1))])
+    invstd = torch.rsqrt(var + eps)
+    gamma = one if bn_w is None else bn_w.to(F32).reshape(())
+    beta = zero if bn_b is None else bn_b.to(F32).reshape(())
+    a = gamma * invstd
+    return torch.stack([a, beta - mean * a, mean, invstd]), batch
+
+
+@torch.library.custom_op("convattn::triton_cbam_forward", mutates_args=())
+def cbam_forward(
+    x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_w: Tensor,
+    conv_b: Tensor | None, bn_w: Tensor | None, bn_b: Tensor | None,
+    running_mean: Tensor | None, running_var: Tensor | None,
+    use_avg: bool, use_max: bool, mode: int, eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """CBAM (channel then spatial) on ``x`` with canonical strides: returns
+    ``(y, mc, v, idx_hw, maps, idx_c, s, stats, batch)``: the output, the channel gate
+    (N, C), the pooled vectors used (P, N, C), their argmax over positions (N, C), the
+    spatial pooling maps (N, 2, H*W), their argmax over channels (N, H*W), the spatial
+    logits before normalisation (N, H*W), the gate's [A, B, mean, invstd] and the batch's
+    [mean, unbiased variance] of the logits."""
+    n, c, hw, s_n, s_c, s_p = _geometry(x)
+    bc, bp = _tiles(x)
+    avg, top = x.new_empty((n, c), dtype=F32), x.new_empty((n, c), dtype=F32)
+    idx_hw = x.new_empty((n, c), dtype=torch.int32)
+    K.pool_positions[(n, triton.cdiv(c, bc))](
+        x, avg, top, idx_hw, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
+    )
+    v = torch.stack([t for t, used in ((avg, use_avg), (top, use_max)) if used])
+    params = [t.to(F32) for t in (w1, b1, w2, b2)]
+    mc = torch.sigmoid(_mlp(v, *params))  # (N, C)
+    maps = x.new_empty((n, 2, hw), dtype=F32)
+    idx_c = x.new_empty((n, hw), dtype=torch.int32)
+    K.pool_channels[(n, triton.cdiv(hw, bp))](
+        x, mc, maps, idx_c, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
+    )
+    s = x.new_empty((n, hw), dtype=F32)
+    k, taps, bpc = _conv_tiles(conv_w, hw)
+    K.conv_kxk[(n, triton.cdiv(hw, bpc))](
+        maps, conv_w.to(F32).contiguous(), s, x.shape[2], x.shape[3],
+        CIN=2, COUT=1, K=k, TAPS=taps, BLOCK_P=bpc,
+    )  # fmt: skip
+    stats, batch = _gate_stats(s, conv_b, bn_w, bn_b, running_mean, running_var, mode, eps)
+    y = torch.empty_like(x)
+    K.scale[(n, triton.cdiv(c, bc), triton.cdiv(hw, bp))](
+        x, y, mc, s, stats, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
+    )
+    return y, mc, v, idx_hw, maps, idx_c, s, stats, batch
+
+
+@cbam_forward.register_fake
+def _fake_forward(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, running_mean, running_var,
+                  use_avg, use_max, mode, eps):  # fmt: skip
+    n, c, h, w = x.shape
+    i32, pools = torch.int32, int(use_avg) + int(use_max)
+    return (
+        torch.empty_like(x), x.new_empty((n, c), dtype=F32), x.new_empty((pools, n, c), dtype=F32),
+        x.new_empty((n, c), dtype=i32), x.new_empty((n, 2, h * w), dtype=F32),
+        x.new_empty((n, h * w), dtype=i32), x.new_empty((n, h * w), dtype=F32),
+        x.new_empty(4, dtype=F32), x.new_empty(2, dtype=F32),
+    )  # fmt: skip
+
+
+def _gate_backward(gz: Tensor, s: Tensor, stats: Tensor, mode: int):
+    """(gs, sum gz, sum gz * s_hat): the logits' gradient and the gate's bias and weight
+    gradients, from the gradient gz of the gate's logit z = A s + B."""
+    a, _, mean, invstd = stats.unbind()
+    s_hat = (s - mean) * invstd
+    g_beta, g_gamma = gz.sum(), (gz * s_hat).sum()
+    if mode == 2:  # batch statistics: the mean and variance depend on s
+        return a * (gz - gz.mean() - s_hat * (g_gamma / s.numel())), g_beta, g_gamma
+    return a * gz, g_beta, g_gamma
+
+
+def _mlp_backward(glog: Tensor, v: Tensor, w1: Tensor, b1: Tensor, w2: Tensor):
+    """Gradients of the channel MLP from the logits' gradient (N, C): those of the pooled
+    vectors (P, N, C), of W0, b0, W1 and b1."""
+    pre = v @ w1.t() + b1  # (P, N, C/r)
+    gpre = (glog @ w2) * (pre > 0)  # relu passes no gradient at 0, as eager's
+    gw2 = glog.t() @ torch.relu(pre).sum(0)
+    gw1 = torch.einsum("pnh,pnc->hc", gpre, v)
+    return gpre @ w1, gw1, gpre.sum((0, 1)), gw2, glog.sum(0) * v.shape[0]
+
+
+@torch.library.custom_op("convattn::triton_cbam_backward", mutates_args=())
+def cbam_backward(
+    g: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_w: Tensor,
+    mc: Tensor, v: Tensor, idx_hw: Tensor, maps: Tensor, idx_c: Tensor, s: Tensor,
+    stats: Tensor, use_avg: bool, use_max: bool, mode: int, need_gx: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Gradients of :func:`cbam_forward` from ``g`` (x's strides): ``(x, W0, b0, W1, b1,
+    conv weight, gate bias (conv bias or BatchNorm bias), BatchNorm weight)``; the input's
+    is empty without ``need_gx``."""
+    n, c, hw, s_n, s_c, s_p = _geometry(x)
+    bc, bp = _tiles(x)
+    gz = x.new_empty((n, hw), dtype=F32)
+    K.grad_spatial[(n, triton.cdiv(hw, bp))](
+        g, x, mc, s, stats, gz, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
+    )
+    gs, g_beta, g_gamma = _gate_backward(gz, s, stats, mode)
+    k, taps, bpc = _conv_tiles(conv_w, hw)
+    gmaps = x.new_empty((n, 2, hw), dtype=F32)  # transposed conv: flipped taps
+    flipped = conv_w.to(F32).flip(-1, -2).transpose(0, 1).contiguous()  # (2, 1, k, k)
+    K.conv_kxk[(2 * n, triton.cdiv(hw, bpc))](
+        gs, flipped, gmaps, x.shape[2], x.shape[3], CIN=1, COUT=2, K=k, TAPS=taps,
+        BLOCK_P=bpc,
+    )  # fmt: skip
+    part = x.new_empty((2, n, taps), dtype=F32)  # per sample: a deterministic sum
+    K.conv_weight_grad[(2, n)](
+        gs, maps, part, n, x.shape[2], x.shape[3], K=k, TAPS=taps, BLOCK_P=bpc
+    )
+    gcw = part.sum(1)[:, : k * k]
+    gmc = x.new_empty((n, c), dtype=F32)
+    K.grad_mc[(n, triton.cdiv(c, bc))](
+        g, x, s, stats, gmaps, idx_c, gmc, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
+    )
+    w1f, b1f, w2f = w1.to(F32), b1.to(F32), w2.to(F32)
+    gv, gw1, gb1, gw2, gb2 = _mlp_backward(gmc * mc * (1 - mc), v, w1f, b1f, w2f)
+    gx = x.new_empty(0)
+    if need_gx:
+        zero = x.new_zeros((n, c), dtype=F32)
+        rows = iter(gv.unbind())
+        gv2 = torch.stack([next(rows) if use_avg else zero, next(rows) if use_max else zero])
+        gx = torch.empty_like(x)
+        K.grad_x[(n, triton.cdiv(c, bc), triton.cdiv(hw, bp))](
+            g, s, stats, gmaps, idx_c, mc, gv2, idx_hw, gx, n, c, hw, s_n, s_c, s_p,
+            BLOCK_C=bc, BLOCK_P=bp,
+        )  # fmt: skip
+    return (
+        gx, gw1.to(w1.dtype), gb1.to(b1.dtype), gw2.to(w2.dtype), gb2.to(b2.dtype),
+        gcw.reshape(conv_w.shape).to(conv_w.dtype), g_beta.reshape(1), g_gamma.reshape(1),
+    )  # fmt: skip
+
+
+@cbam_backward.register_fake
+def _fake_backward(g, x, w1, b1, w2, b2, conv_w, mc, v, idx_hw, maps, idx_c, s, stats,
+                   use_avg, use_max, mode, need_gx):  # fmt: skip
+    gx = torch.empty_like(x) if need_gx else x.new_empty(0)
+    grads = [torch.empty_like(t) for t in (w1, b1, w2, b2, conv_w)]
+    return gx, *grads, x.new_empty(1, dtype=F32), x.new_empty(1, dtype=F32)
+
+
+_FORWARD_ARGS = ("x", "w1", "b1", "w2", "b2", "conv_w", "conv_b", "bn_w", "bn_b",
+                 "running_mean", "running_var", "use_avg", "use_max", "mode", "eps")  # fmt: skip
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    a = dict(zip(_FORWARD_ARGS, inputs, strict=True))
+    _, mc, v, idx_hw, maps, idx_c, s, stats, _ = output
+    ctx.save_for_backward(
+        a["x"], a["w1"], a["b1"], a["w2"], a["b2"], a["conv_w"], mc, v, idx_hw, maps,
+        idx_c, s, stats,
+    )  # fmt: skip
+    ctx.options = (a["use_avg"], a["use_max"], a["mode"])
+    ctx.dtypes = {k: a[k].dtype for k in ("conv_b", "bn_w", "bn_b") if a[k] is not None}
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _backward(ctx: Any, gy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+    x, *rest = ctx.saved_tensors
+    need = dict(zip(_FORWARD_ARGS, ctx.needs_input_grad, strict=True))
+    use_avg, use_max, mode = ctx.options
+    g = cbam_backward(
+        _grad_like_x(gy, x), x, *rest, use_avg, use_max, mode, need["x"]
+    )  # looked up at call time, so tests can count the calls
+    gx, gw1, gb1, gw2, gb2, gcw, g_beta, g_gamma = g
+    bias = "conv_b" if mode == 0 else "bn_b"
+    grads = {"x": gx, "w1": gw1, "b1": gb1, "w2": gw2, "b2": gb2, "conv_w": gcw}
+    grads[bias] = g_beta.to(ctx.dtypes.get(bias, g_beta.dtype))
+    grads["bn_w"] = g_gamma.to(ctx.dtypes.get("bn_w", g_gamma.dtype))
+    return tuple(grads.get(f) if need[f] else None for f in _FORWARD_ARGS)
+
+
+cbam_forward.register_autograd(_backward, setup_context=_setup_context)
