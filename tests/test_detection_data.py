@@ -15,7 +15,7 @@ from torchvision.ops import box_iou
 
 from convattn.data.scenes import render_scenes
 from convattn.detection.data import build_detection_loader, hflip, synthetic_detection
-from convattn.detection.readers import read_coco, read_voc
+from convattn.detection.readers import check_box, read_coco, read_voc
 from convattn.detection.salvage import salvage_json
 
 
@@ -167,6 +167,24 @@ def test_salvage_json_keeps_complete_entries():
     assert "line 1" in damage
     assert salvage_json('{"x": 1}') == ({"x": 1}, None)
     assert salvage_json("")[0] == {}
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (-0.9, 0, -0.1, 5),  # left of the image, within the tolerance: inverted once clipped
+        (40, 0, 40.5, 5),  # starts at the right edge: zero width once clipped
+        (3, 30, 8, 31),  # starts at the bottom edge: zero height once clipped
+    ],
+)
+def test_a_box_within_the_tolerance_with_nothing_inside_the_image_is_refused(box):
+    clipped, why = check_box(box, 40, 30)
+    assert clipped is None and "zero-area" in why and "40x30" in why
+
+
+def test_a_box_within_the_tolerance_is_clipped_to_the_image():
+    assert check_box((-0.9, -1.0, 40.9, 31.0), 40, 30) == ([0.0, 0.0, 40.0, 30.0], None)
+    assert check_box((-1.1, 0, 5, 5), 40, 30)[1] == "box outside the 40x30 image"
 
 
 def _voc_xml(objects: str, filename: str = "") -> str:

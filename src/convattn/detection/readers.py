@@ -97,7 +97,11 @@ def check_box(
     t = TOLERANCE
     if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
         return None, f"box outside the {width}x{height} image"
-    return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))], None
+    # A box within the tolerance but wholly beyond an edge has nothing left once clipped.
+    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
+    if x2 <= x1 or y2 <= y1:
+        return None, f"zero-area box once clipped to the {width}x{height} image"
+    return [x1, y1, x2, y2], None
 
 
 def _record(w: int, h: int, objs: list[tuple[list[float], int, int]], **kw: Any) -> ImageRecord:
