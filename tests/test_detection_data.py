@@ -158,14 +158,65 @@ def test_coco_reader_salvages_a_truncated_json(tmp_path, caplog):
         ds = read_coco(ann, images)
     broken = [p for p in ds.problems if "broken JSON" in p]
     assert len(broken) == 1 and str(ann) in broken[0] and "'annotations': 3" in broken[0]
-    assert [len(r.labels) for r in ds.records] == [2, 0]  # the records before the cut
+    # b.jpg's annotations came after the cut: kept, it would be learned as background
+    assert [r.name for r in ds.records] == ["a.jpg"] and len(ds.records[0].labels) == 2
+    lost = [p for p in ds.problems if "no annotation before the damage" in p]
+    assert len(lost) == 1 and "b.jpg" in lost[0]
 
 
-def test_salvage_json_keeps_complete_entries():
-    data, damage = salvage_json('{"a": [1, {"b": 2}, [3, 4]], "c": {"d": 1}, "e": [5, {"f"')
+def test_coco_reader_keeps_empty_images_of_a_file_damaged_after_its_annotations(tmp_path):
+    ann, images = _coco_fixture(tmp_path)
+    data = json.loads(ann.read_text())
+    data["annotations"] = data["annotations"][:3]  # image 2 has no objects at all
+    text = json.dumps({**data, "info": {"year": 2024}})
+    ann.write_text(text[: text.index('"year"')])  # the damage is in "info", after them
+    ds = read_coco(ann, images)
+    assert [r.name for r in ds.records] == ["a.jpg", "b.jpg"]
+    assert not any("no annotation before the damage" in p for p in ds.problems)
+
+
+def test_coco_reader_reports_ids_that_cannot_be_keys(tmp_path):
+    ann, images = _coco_fixture(tmp_path)
+    data = json.loads(ann.read_text())
+    data["images"].append({"id": [4], "file_name": "a.jpg"})
+    data["annotations"] += [
+        {"id": 20, "image_id": [1], "category_id": 7, "bbox": [1, 1, 5, 5]},
+        {"id": 21, "image_id": 1, "category_id": {"id": 7}, "bbox": [1, 1, 5, 5]},
+    ]
+    ann.write_text(json.dumps(data))
+    ds = read_coco(ann, images)
+    assert [r.name for r in ds.records] == ["a.jpg", "b.jpg"] and len(ds[0][1]["labels"]) == 2
+    for why, record in (
+        ("image id is not an integer or a string", "[4]"),
+        ("unknown or skipped image_id [1]", "'id': 20"),
+        ("unknown category id {'id': 7}", "'id': 21"),
+    ):
+        assert any(why in p and record in p for p in ds.problems), why
+    assert len(ds.problems) == 8 + 3
+
+
+def test_coco_reader_takes_the_image_files_size_over_the_listed_one(tmp_path, caplog):
+    ann, images = _coco_fixture(tmp_path)
+    data = json.loads(ann.read_text())
+    data["images"][1].update(width=400, height=300)  # b.jpg is 40 x 30
+    data["annotations"].append({"id": 30, "image_id": 2, "category_id": 7, "bbox": [1, 1, 60, 5]})
+    ann.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="convattn"):
+        ds = read_coco(ann, images)
+    assert (ds.records[1].width, ds.records[1].height) == (40, 30)
+    assert any("b.jpg is 40x30, not the listed 400x300" in r.message for r in caplog.records)
+    assert any("box outside the 40x30 image" in p and "'id': 30" in p for p in ds.problems)
+
+
+def test_salvage_json_keeps_complete_entries_and_names_the_cut_one():
+    data, damage, cut = salvage_json('{"a": [1, {"b": 2}, [3, 4]], "c": {"d": 1}, "e": [5, {"f"')
     assert data == {"a": [1, {"b": 2}, [3, 4]], "c": {"d": 1}, "e": [5]}
-    assert "line 1" in damage
-    assert salvage_json('{"x": 1}') == ({"x": 1}, None)
+    assert "line 1" in damage and cut == "e"
+    cut_value, cut_key = salvage_json('{"a": [1], "b": {"c": '), salvage_json('{"a": [1], "b')
+    assert (cut_value.data, cut_value.cut) == ({"a": [1]}, "b")
+    assert (cut_key.data, cut_key.cut) == ({"a": [1]}, None)  # between entries
+    assert salvage_json('{"a": [1] "b": 2}').cut is None  # a complete list, then damage
+    assert salvage_json('{"x": 1}') == ({"x": 1}, None, None)
     assert salvage_json("")[0] == {}
 
 
