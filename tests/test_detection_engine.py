@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from convattn.detection.config import DetectionConfig
 from convattn.detection.engine import fit_detection
 from convattn.detection.evaluate import evaluate_run
+from convattn.detection.setup import check_supported
 from convattn.engine import StopRequested
 from convattn.engine.config import load_config
 from convattn.engine.resume import resume_config
@@ -116,3 +118,20 @@ def test_evaluate_run_scores_the_best_weights(uninterrupted):
 def test_unsupported_recipe_keys_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"run\.ema_decay"):
         fit_detection(_cfg(tmp_path, "x", **{"run.ema_decay": 0.99}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "named"),
+    [
+        ("ssd", {"detector.fpn_channels": 16, "detector.trainable_layers": 2},
+         "detector.kind='ssd' does not take detector.trainable_layers=2, detector.fpn_channels=16"),
+        ("faster_rcnn", {"detector.width": 0.5, "detector.ssd_attn": "cbam"},
+         "detector.kind='faster_rcnn' does not take detector.ssd_attn='cbam', detector.width=0.5"),
+    ],
+)  # fmt: skip
+def test_options_of_the_other_detector_kind_are_refused(tmp_path, kind, extra, named):
+    base = {"model": "vgg16", "detector.kind": "ssd"} if kind == "ssd" else {}
+    cfg = load_config(None, {**base, **extra}, cls=DetectionConfig)
+    with pytest.raises(ValueError, match=re.escape(named) + "$"):
+        check_supported(cfg)
+    check_supported(load_config(None, base, cls=DetectionConfig))  # defaults are fine
