@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from ..engine.config import config_fields
@@ -57,8 +58,12 @@ def _register_evaluate(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--last", action="store_true", help="use checkpoint.pt, not best.safetensors")
+    p.add_argument("--device", help="'cpu', 'cuda' or 'cuda:N' (default: the run's, else cpu)")
     p.add_argument(
-        "-o", "--output", help="JSON file (default: RUN_DIR/evaluation-<split>[-last].json)"
+        "-o",
+        "--output",
+        help="JSON file (default: RUN_DIR/evaluation-[<data>-]<split>[-last].json, <data> "
+        "when --data is not the run's)",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run_evaluate)
@@ -103,12 +108,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..detection.evaluate import evaluate_run
+    from ..detection.evaluate import evaluate_run, run_config
 
     m = evaluate_run(args.run_dir, data=args.data, split=args.split, batch_size=args.batch_size,
-                     workers=args.workers, last=args.last)  # fmt: skip
-    name = f"evaluation-{m['split']}{'-last' if args.last else ''}.json"
-    out = Path(args.output or Path(args.run_dir) / name)
+                     workers=args.workers, last=args.last, device=args.device)  # fmt: skip
+    other = args.data is not None and args.data != run_config(args.run_dir)[0].data.path
+    name = f"evaluation-{_data_name(args.data) + '-' if other else ''}{m['split']}"
+    out = Path(args.output or Path(args.run_dir) / f"{name}{'-last' if args.last else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(m, indent=2) + "\n")
     if args.json:
@@ -121,6 +127,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"  {name:>16}  AP50 {'-' if ap is None else f'{ap:.1f}'}")
     print(f"written: {out}")
     return 0
+
+
+def _data_name(data: str) -> str:
+    """A file-name part for a ``--data`` value: a folder's name, or the whole spec
+    (``synthetic:val=16``), with anything but letters, digits, ``.``, ``-`` made ``_``."""
+    name = data if ":" in data else Path(data.rstrip("/\\")).name or data
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_")[:80] or "data"
 
 
 def run_predict(args: argparse.Namespace) -> int:
