@@ -299,10 +299,32 @@ def test_voc_reader_without_a_split_list_reads_every_annotation(tmp_path):
     assert len(ds) == 1 and ds.classes[14] == "person" and ds[0][1]["labels"].tolist() == [15]
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_file_datasets_load_images_as_floats(tmp_path, flip):
+def test_file_datasets_load_images_as_floats(tmp_path):
     ann, images = _coco_fixture(tmp_path)
-    ds = read_coco(ann, images, flip=flip)
-    image, _ = ds[0]
+    image, _ = read_coco(ann, images)[0]
     assert image.shape == (3, 30, 40) and image.dtype == torch.float32
     assert image[0, 0, 0] == pytest.approx(120 / 255, abs=2 / 255)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_file_datasets_flip_pixels_and_boxes_together(tmp_path, flip):
+    ann, images = _coco_fixture(tmp_path)
+    left, right = (120, 30, 200), (10, 200, 40)
+    asym = Image.new("RGB", (40, 30), right)
+    asym.paste(Image.new("RGB", (16, 30), left))  # columns 0..15 left's colour
+    asym.save(images / "a.jpg", quality=95)
+    ds = read_coco(ann, images, flip=flip)
+    seen = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        image, t = ds[0]
+        mirrored = image[1, 15, 36] < 0.5  # green of left's colour at column 36 (= 39 - 3)
+        seen.add(bool(mirrored))
+        near, far = (right, left) if mirrored else (left, right)
+        assert image[:, 15, 3].mul(255).tolist() == pytest.approx(near, abs=6)
+        assert image[:, 15, 36].mul(255).tolist() == pytest.approx(far, abs=6)
+        # boxes (2, 3, 12, 15) and (0, 0, 40, 30) of the 40 px wide image, mirrored: x -> 40 - x
+        want = [[28.0, 3.0, 38.0, 15.0], [0.0, 0.0, 40.0, 30.0]] if mirrored else [
+            [2.0, 3.0, 12.0, 15.0], [0.0, 0.0, 40.0, 30.0]]  # fmt: skip
+        assert t["boxes"].tolist() == want
+    assert seen == ({False, True} if flip else {False})
