@@ -20,6 +20,8 @@ from .train import add_config_options, overrides_from
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``detect`` and its subcommands (``train``, ``evaluate``, ``predict``) to the
+    command line's subparsers."""
     p = sub.add_parser(
         "detect",
         help="object detection: train, evaluate or predict with attention backbones",
@@ -84,6 +86,8 @@ def _register_predict(cmds: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``detect train``: a recipe (or ``--resume``'s) trained to its run folder; prints
+    the summary row. Returns 0, or 130 when stopped by a signal (checkpoint saved)."""
     from ..detection.config import DetectionConfig, detection_recipe
     from ..detection.engine import fit_detection
     from ..detection.summary import format_detection_table
@@ -108,6 +112,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    """``detect evaluate``: a run's COCO and VOC figures, printed (or as JSON) and
+    written to ``--output`` or the run folder; returns 0."""
     from ..detection.evaluate import evaluate_run, run_config
 
     m = evaluate_run(args.run_dir, data=args.data, split=args.split, batch_size=args.batch_size,
@@ -137,6 +143,8 @@ def _data_name(data: str) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    """``detect predict``: each image drawn with the run's boxes into ``--out``, and the
+    count of boxes over the threshold printed per image; returns 0."""
     from ..detection.draw import image_files, predict_images
     from ..detection.evaluate import load_run_detector
 
