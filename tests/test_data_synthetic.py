@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from convattn.data import SHAPES, SyntheticShapes, render_shapes
-from convattn.data.synthetic import _shape_sdf
+from convattn.data._draw import shape_sdf
 
 
 def test_same_seed_gives_identical_images_boxes_and_labels():
@@ -69,7 +69,7 @@ def test_the_object_is_inside_its_box_and_visible_there(img_size):
 def _masks(size: int = 41) -> np.ndarray:
     grid = (np.arange(size, dtype=np.float32) - size // 2) / (size // 2 - 1)
     v, u = np.meshgrid(grid, grid, indexing="ij")
-    return np.stack([_shape_sdf(k, u, v) < 0 for k in range(len(SHAPES))])
+    return np.stack([shape_sdf(k, u, v) < 0 for k in range(len(SHAPES))])
 
 
 def test_the_ten_shapes_are_distinct():

@@ -18,10 +18,12 @@ from convattn.cli import main
 from convattn.data.scenes import render_scenes
 from convattn.detection.draw import COLOURS, draw_detections
 
+# One shape per scene: mAP leaves 0 within an epoch, and the two epochs' records differ.
+DATA = "synthetic:train=8,val=4,img_size=64,classes=1,objects=1"
 TINY = ["--model", "resnet18_cbam", "--min-size", "64", "--max-size", "64",
-        "--fpn-channels", "16", "--representation-size", "32",
-        "--data", "synthetic:train=8,val=4,img_size=64", "--batch-size", "2",
-        "--epochs", "1", "--threads", "1", "--no-progress"]  # fmt: skip
+        "--fpn-channels", "16", "--representation-size", "32", "--data", DATA,
+        "--batch-size", "2", "--lr", "0.05", "--epochs", "2", "--threads", "1",
+        "--no-progress"]  # fmt: skip
 
 
 def _cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -54,7 +56,7 @@ def test_train_takes_a_packaged_recipe_by_name_under_the_options(run_dir):
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["schedule"]["warmup_epochs"] == 0.25  # from the demo recipe
-    assert cfg["schedule"]["epochs"] == 1 and cfg["detector"]["fpn_channels"] == 16  # options
+    assert cfg["schedule"]["epochs"] == 2 and cfg["detector"]["fpn_channels"] == 16  # options
     row = json.loads((run_dir / "summary.json").read_text())[0]
     assert row["task"] == "detection" and row["model"] == "resnet18_cbam"
 
@@ -65,25 +67,42 @@ def test_resume_may_add_epochs_but_not_change_the_recipe(run_dir, tmp_path):
     refused = _cli("detect", "train", "--resume", run, "--lr", "0.5", cwd=tmp_path)
     assert refused.returncode == 2
     assert len(refused.stderr.strip().splitlines()) == 1 and "optim.lr" in refused.stderr
-    done = _cli("detect", "train", "--resume", run, "--epochs", "2", cwd=tmp_path)
+    done = _cli("detect", "train", "--resume", run, "--epochs", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()]
-    assert epochs == [1, 2]
+    assert epochs == [1, 2, 3]
 
 
 def test_evaluate_prints_and_writes_coco_and_voc_figures(run_dir, tmp_path):
+    maps = [json.loads(line)["val_map"] for line in (run_dir / "metrics.jsonl").open()]
+    assert len(set(maps)) == len(maps) and max(maps) > 0  # records that tell epochs apart
     done = _cli("detect", "evaluate", run_dir, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "mAP@[.5:.95]" in done.stdout and "VOC07 mAP" in done.stdout
     assert "disk" in done.stdout  # a class line
     written = json.loads((run_dir / "evaluation-val.json").read_text())
-    best = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()][-1]["best_map"]
-    assert written["images"] == 4 and written["map"] == pytest.approx(best)
+    assert written["images"] == 4 and written["map"] == pytest.approx(max(maps))
     assert {"map_50", "map_small", "voc07_map", "voc_map", "ap_per_class"} <= set(written)
     done = _cli("detect", "evaluate", run_dir, "--last", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     written = json.loads((run_dir / "evaluation-val-last.json").read_text())
     assert json.loads(done.stdout) == written and written["weights"] == "checkpoint.pt"
+    assert written["map"] == pytest.approx(maps[-1])
+
+
+def test_evaluate_on_other_data_writes_its_own_file(run_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    shutil.copytree(run_dir, run)
+    (run / "evaluation-val.json").write_text("{}")
+    other = DATA.replace("train=8,", "") + ",seed=1"
+    assert main(["detect", "evaluate", str(run), "--data", other, "--device", "cpu"]) == 0
+    name = "evaluation-synthetic_val_4_img_size_64_classes_1_objects_1_seed_1-val.json"
+    written = json.loads((run / name).read_text())
+    assert written["data"] == other and written["device"] == "cpu"
+    assert (run / "evaluation-val.json").read_text() == "{}"  # the run's own, untouched
+    assert main(["detect", "evaluate", str(run), "--data", DATA]) == 0  # the run's data
+    assert json.loads((run / "evaluation-val.json").read_text())["data"] == DATA
+    capsys.readouterr()
 
 
 def test_predict_writes_one_png_per_image_of_a_folder(run_dir, tmp_path):

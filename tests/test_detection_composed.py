@@ -12,15 +12,20 @@ from PIL import Image
 from convattn.detection.composed import composed_detection, composed_options
 from convattn.detection.setup import detection_dataset
 
-COLOURS = {"blue": (0, 0, 255), "red": (255, 0, 0)}  # class folders sort: blue=1, red=2
-GREY = 128
+# Each split has colours of its own (class folders sort: blue=1, red=2), so a pixel tells
+# which split's photo it came from.
+COLOURS = {
+    "train": {"blue": (0, 0, 255), "red": (255, 0, 0)},
+    "val": {"blue": (0, 0, 160), "red": (160, 0, 0)},
+}
+GREY = {"train": 128, "val": 90}
 
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("composed")
     for split in ("train", "val"):
-        for name, rgb in COLOURS.items():
+        for name, rgb in COLOURS[split].items():
             folder = root / "objects" / split / name
             folder.mkdir(parents=True)
             for i in range(3):
@@ -28,12 +33,15 @@ def trees(tmp_path_factory) -> tuple[Path, Path]:
         folder = root / "backgrounds" / split / "scene"
         folder.mkdir(parents=True)
         for i in range(2):
-            Image.new("RGB", (96, 80), (GREY,) * 3).save(folder / f"{i}.png")
+            Image.new("RGB", (96, 80), (GREY[split],) * 3).save(folder / f"{i}.png")
     return root / "objects", root / "backgrounds"
 
 
-def test_every_pixel_is_its_objects_colour_inside_its_box_and_background_outside(trees):
-    ds = composed_detection(*map(str, trees), "train", size=6, img_size=64, max_objects=4)
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_every_pixel_is_its_splits_object_colour_inside_its_box_and_background_outside(
+    trees, split
+):
+    ds = composed_detection(*map(str, trees), split, size=6, img_size=64, max_objects=4)
     assert ds.classes == ["blue", "red"] and len(ds) == 6
     for i in range(len(ds)):
         image, target = ds.images[i], ds.records[i].target(i)
@@ -44,11 +52,11 @@ def test_every_pixel_is_its_objects_colour_inside_its_box_and_background_outside
         ):
             x1, y1, x2, y2 = box
             assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64 and x2 - x1 == y2 - y1
-            rgb = torch.tensor(COLOURS[ds.classes[label - 1]], dtype=torch.uint8)
+            rgb = torch.tensor(COLOURS[split][ds.classes[label - 1]], dtype=torch.uint8)
             assert (image[:, y1:y2, x1:x2] == rgb[:, None, None]).all()
             covered[y1:y2, x1:x2] += 1
         assert covered.max() == 1  # no two objects overlap
-        assert (image[:, covered == 0] == GREY).all()
+        assert (image[:, covered == 0] == GREY[split]).all()
 
 
 def test_images_repeat_by_seed_and_index_and_splits_differ(trees):

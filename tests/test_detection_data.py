@@ -15,7 +15,7 @@ from torchvision.ops import box_iou
 
 from convattn.data.scenes import render_scenes
 from convattn.detection.data import build_detection_loader, hflip, synthetic_detection
-from convattn.detection.readers import read_coco, read_voc
+from convattn.detection.readers import check_box, read_coco, read_voc
 from convattn.detection.salvage import salvage_json
 
 
@@ -158,15 +158,84 @@ def test_coco_reader_salvages_a_truncated_json(tmp_path, caplog):
         ds = read_coco(ann, images)
     broken = [p for p in ds.problems if "broken JSON" in p]
     assert len(broken) == 1 and str(ann) in broken[0] and "'annotations': 3" in broken[0]
-    assert [len(r.labels) for r in ds.records] == [2, 0]  # the records before the cut
+    # b.jpg's annotations came after the cut: kept, it would be learned as background
+    assert [r.name for r in ds.records] == ["a.jpg"] and len(ds.records[0].labels) == 2
+    lost = [p for p in ds.problems if "no annotation before the damage" in p]
+    assert len(lost) == 1 and "b.jpg" in lost[0]
 
 
-def test_salvage_json_keeps_complete_entries():
-    data, damage = salvage_json('{"a": [1, {"b": 2}, [3, 4]], "c": {"d": 1}, "e": [5, {"f"')
+def test_coco_reader_keeps_empty_images_of_a_file_damaged_after_its_annotations(tmp_path):
+    ann, images = _coco_fixture(tmp_path)
+    data = json.loads(ann.read_text())
+    data["annotations"] = data["annotations"][:3]  # image 2 has no objects at all
+    text = json.dumps({**data, "info": {"year": 2024}})
+    ann.write_text(text[: text.index('"year"')])  # the damage is in "info", after them
+    ds = read_coco(ann, images)
+    assert [r.name for r in ds.records] == ["a.jpg", "b.jpg"]
+    assert not any("no annotation before the damage" in p for p in ds.problems)
+
+
+def test_coco_reader_reports_ids_that_cannot_be_keys(tmp_path):
+    ann, images = _coco_fixture(tmp_path)
+    data = json.loads(ann.read_text())
+    data["images"].append({"id": [4], "file_name": "a.jpg"})
+    data["annotations"] += [
+        {"id": 20, "image_id": [1], "category_id": 7, "bbox": [1, 1, 5, 5]},
+        {"id": 21, "image_id": 1, "category_id": {"id": 7}, "bbox": [1, 1, 5, 5]},
+    ]
+    ann.write_text(json.dumps(data))
+    ds = read_coco(ann, images)
+    assert [r.name for r in ds.records] == ["a.jpg", "b.jpg"] and len(ds[0][1]["labels"]) == 2
+    for why, record in (
+        ("image id is not an integer or a string", "[4]"),
+        ("unknown or skipped image_id [1]", "'id': 20"),
+        ("unknown category id {'id': 7}", "'id': 21"),
+    ):
+        assert any(why in p and record in p for p in ds.problems), why
+    assert len(ds.problems) == 8 + 3
+
+
+def test_coco_reader_takes_the_image_files_size_over_the_listed_one(tmp_path, caplog):
+    ann, images = _coco_fixture(tmp_path)
+    data = json.loads(ann.read_text())
+    data["images"][1].update(width=400, height=300)  # b.jpg is 40 x 30
+    data["annotations"].append({"id": 30, "image_id": 2, "category_id": 7, "bbox": [1, 1, 60, 5]})
+    ann.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="convattn"):
+        ds = read_coco(ann, images)
+    assert (ds.records[1].width, ds.records[1].height) == (40, 30)
+    assert any("b.jpg is 40x30, not the listed 400x300" in r.message for r in caplog.records)
+    assert any("box outside the 40x30 image" in p and "'id': 30" in p for p in ds.problems)
+
+
+def test_salvage_json_keeps_complete_entries_and_names_the_cut_one():
+    data, damage, cut = salvage_json('{"a": [1, {"b": 2}, [3, 4]], "c": {"d": 1}, "e": [5, {"f"')
     assert data == {"a": [1, {"b": 2}, [3, 4]], "c": {"d": 1}, "e": [5]}
-    assert "line 1" in damage
-    assert salvage_json('{"x": 1}') == ({"x": 1}, None)
+    assert "line 1" in damage and cut == "e"
+    cut_value, cut_key = salvage_json('{"a": [1], "b": {"c": '), salvage_json('{"a": [1], "b')
+    assert (cut_value.data, cut_value.cut) == ({"a": [1]}, "b")
+    assert (cut_key.data, cut_key.cut) == ({"a": [1]}, None)  # between entries
+    assert salvage_json('{"a": [1] "b": 2}').cut is None  # a complete list, then damage
+    assert salvage_json('{"x": 1}') == ({"x": 1}, None, None)
     assert salvage_json("")[0] == {}
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (-0.9, 0, -0.1, 5),  # left of the image, within the tolerance: inverted once clipped
+        (40, 0, 40.5, 5),  # starts at the right edge: zero width once clipped
+        (3, 30, 8, 31),  # starts at the bottom edge: zero height once clipped
+    ],
+)
+def test_a_box_within_the_tolerance_with_nothing_inside_the_image_is_refused(box):
+    clipped, why = check_box(box, 40, 30)
+    assert clipped is None and "zero-area" in why and "40x30" in why
+
+
+def test_a_box_within_the_tolerance_is_clipped_to_the_image():
+    assert check_box((-0.9, -1.0, 40.9, 31.0), 40, 30) == ([0.0, 0.0, 40.0, 30.0], None)
+    assert check_box((-1.1, 0, 5, 5), 40, 30)[1] == "box outside the 40x30 image"
 
 
 def _voc_xml(objects: str, filename: str = "") -> str:
@@ -230,10 +299,32 @@ def test_voc_reader_without_a_split_list_reads_every_annotation(tmp_path):
     assert len(ds) == 1 and ds.classes[14] == "person" and ds[0][1]["labels"].tolist() == [15]
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_file_datasets_load_images_as_floats(tmp_path, flip):
+def test_file_datasets_load_images_as_floats(tmp_path):
     ann, images = _coco_fixture(tmp_path)
-    ds = read_coco(ann, images, flip=flip)
-    image, _ = ds[0]
+    image, _ = read_coco(ann, images)[0]
     assert image.shape == (3, 30, 40) and image.dtype == torch.float32
     assert image[0, 0, 0] == pytest.approx(120 / 255, abs=2 / 255)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_file_datasets_flip_pixels_and_boxes_together(tmp_path, flip):
+    ann, images = _coco_fixture(tmp_path)
+    left, right = (120, 30, 200), (10, 200, 40)
+    asym = Image.new("RGB", (40, 30), right)
+    asym.paste(Image.new("RGB", (16, 30), left))  # columns 0..15 left's colour
+    asym.save(images / "a.jpg", quality=95)
+    ds = read_coco(ann, images, flip=flip)
+    seen = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        image, t = ds[0]
+        mirrored = image[1, 15, 36] < 0.5  # green of left's colour at column 36 (= 39 - 3)
+        seen.add(bool(mirrored))
+        near, far = (right, left) if mirrored else (left, right)
+        assert image[:, 15, 3].mul(255).tolist() == pytest.approx(near, abs=6)
+        assert image[:, 15, 36].mul(255).tolist() == pytest.approx(far, abs=6)
+        # boxes (2, 3, 12, 15) and (0, 0, 40, 30) of the 40 px wide image, mirrored: x -> 40 - x
+        want = [[28.0, 3.0, 38.0, 15.0], [0.0, 0.0, 40.0, 30.0]] if mirrored else [
+            [2.0, 3.0, 12.0, 15.0], [0.0, 0.0, 40.0, 30.0]]  # fmt: skip
+        assert t["boxes"].tolist() == want
+    assert seen == ({False, True} if flip else {False})

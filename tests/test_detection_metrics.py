@@ -70,6 +70,20 @@ def test_coco_crowd_objects_are_ignored():
     assert coco_evaluate(targets, preds, sizes=[(64, 64)], num_classes=2).map == pytest.approx(1)
 
 
+def test_coco_a_detection_on_a_crowd_region_is_no_false_positive():
+    # Object A (0, 0, 10, 10) and a 20 x 20 region C at (20, 20). d1 (score 0.95) lies
+    # inside C: IoU 100/400 = 0.25 with it, but COCO measures a crowd region by the
+    # detection's own area (100/100 = 1), so d1 matches C and is ignored; d2 = A: AP 1.
+    # Were C an object, d1 would be a false positive ranked first and C missed:
+    # precision 1/2 at recall 1/2, so 51 of 101 recall points at 1/2: AP 51/202.
+    boxes = [[0, 0, 10, 10], [20, 20, 40, 40]]
+    preds = [_p([[25, 25, 35, 35], [0, 0, 10, 10]], [1, 1], [0.95, 0.5])]
+    crowd = coco_evaluate([_t(boxes, [1, 1], crowd=[0, 1])], preds, sizes=[(64, 64)], num_classes=2)
+    assert crowd.map == pytest.approx(1.0) and crowd.map_50 == pytest.approx(1.0)
+    plain = coco_evaluate([_t(boxes, [1, 1], crowd=[0, 0])], preds, sizes=[(64, 64)], num_classes=2)
+    assert plain.map == pytest.approx(51 / 202) and plain.map_50 == pytest.approx(51 / 202)
+
+
 def _voc_case():
     # Class "a": image 0 holds G1, G2; image 1 holds G3 (difficult) and G4; 3 counted.
     # Ranked: d1 = G1 (TP), d2 = G1 again (duplicate: FP), d3 = G3 (difficult: not

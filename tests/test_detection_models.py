@@ -13,7 +13,7 @@ from convattn.detection.backbones import build_fpn_backbone, freeze_batchnorm, f
 from convattn.detection.data import synthetic_detection
 from convattn.detection.faster_rcnn import build_faster_rcnn
 from convattn.detection.ssd import VGG16SSDFeatures, build_ssd
-from convattn.layers import CBAM, SqueezeExcite, set_impl
+from convattn.layers import BAM, CBAM, SqueezeExcite, set_impl
 from convattn.models import create_model
 from fused_spy import spy_fused
 
@@ -46,6 +46,56 @@ def test_frozen_batchnorm_keeps_eval_outputs_and_the_attention_gates_trainable()
     after = model(x)
     for a, b in zip(before, after, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _randomise_statistics(model: nn.Module) -> None:
+    for m in model.modules():  # statistics and affine parameters that are not the identity
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+
+
+def test_frozen_batchnorm_freezes_the_attention_batchnorms_but_the_spatial_gates():
+    torch.manual_seed(0)
+    model = create_model("resnet18_bam", features_only=True).eval()
+    _randomise_statistics(model)
+    x = torch.randn(2, 3, 64, 64)
+    before = model(x)
+    bams = [m for m in model.modules() if isinstance(m, BAM)]
+    assert len(bams) == 3  # after layer1..layer3, each with one BatchNorm1d and four 2d
+    n = freeze_batchnorm(model)
+    assert n == 1 + 8 * 2 + 3 + 3 * 5
+    assert not any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules())
+    for a, b in zip(before, model(x), strict=True):  # BatchNorm1d's (N, C) input too
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_batchnorm_keeps_the_statistics_dtype_without_affine_parameters():
+    model = nn.Sequential(nn.BatchNorm2d(3, affine=False).double())
+    model[0].running_mean.fill_(0.5)
+    assert freeze_batchnorm(model) == 1 and isinstance(model[0], FrozenBatchNorm2d)
+    assert model[0].running_mean.dtype == torch.float64
+    x = torch.ones(1, 3, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(model(x), torch.full_like(x, 0.5 / (1 + 1e-5) ** 0.5))
+
+
+@pytest.mark.parametrize("name", ["resnet18_cbam", "resnet18_bam"])
+@pytest.mark.parametrize("frozen_bn", [False, True])
+def test_a_training_step_changes_no_buffer_of_the_units_not_trained(name, frozen_bn):
+    torch.manual_seed(0)
+    fpn = build_fpn_backbone(name, trainable_layers=3, frozen_bn=frozen_bn, out_channels=8)
+    body = fpn.body.model
+    before = {k: v.clone() for k, v in body.named_buffers()}
+    opt = torch.optim.SGD([p for p in fpn.parameters() if p.requires_grad], lr=0.1)
+    fpn.train()
+    sum(f.mean() for f in fpn(torch.randn(2, 3, 64, 64)).values()).backward()
+    opt.step()
+    changed = {k for k, v in body.named_buffers() if not torch.equal(v, before[k])}
+    frozen = {k for k in before if not k.startswith(("layer2", "layer3", "layer4"))}
+    assert any(k.startswith("layer1.") for k in frozen) and frozen & changed == set()
+    if name == "resnet18_cbam":  # the trained units' spatial gates keep batch statistics
+        assert any(".spatial.bn." in k for k in changed)
 
 
 def test_frozen_batchnorm_runs_eagerly_before_the_fused_attention(monkeypatch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from ..engine.config import config_fields
@@ -19,6 +20,8 @@ from .train import add_config_options, overrides_from
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``detect`` and its subcommands (``train``, ``evaluate``, ``predict``) to the
+    command line's subparsers."""
     p = sub.add_parser(
         "detect",
         help="object detection: train, evaluate or predict with attention backbones",
@@ -57,8 +60,12 @@ def _register_evaluate(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--last", action="store_true", help="use checkpoint.pt, not best.safetensors")
+    p.add_argument("--device", help="'cpu', 'cuda' or 'cuda:N' (default: the run's, else cpu)")
     p.add_argument(
-        "-o", "--output", help="JSON file (default: RUN_DIR/evaluation-<split>[-last].json)"
+        "-o",
+        "--output",
+        help="JSON file (default: RUN_DIR/evaluation-[<data>-]<split>[-last].json, <data> "
+        "when --data is not the run's)",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run_evaluate)
@@ -79,6 +86,8 @@ def _register_predict(cmds: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``detect train``: a recipe (or ``--resume``'s) trained to its run folder; prints
+    the summary row. Returns 0, or 130 when stopped by a signal (checkpoint saved)."""
     from ..detection.config import DetectionConfig, detection_recipe
     from ..detection.engine import fit_detection
     from ..detection.summary import format_detection_table
@@ -103,12 +112,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..detection.evaluate import evaluate_run
+    """``detect evaluate``: a run's COCO and VOC figures, printed (or as JSON) and
+    written to ``--output`` or the run folder; returns 0."""
+    from ..detection.evaluate import evaluate_run, run_config
 
     m = evaluate_run(args.run_dir, data=args.data, split=args.split, batch_size=args.batch_size,
-                     workers=args.workers, last=args.last)  # fmt: skip
-    name = f"evaluation-{m['split']}{'-last' if args.last else ''}.json"
-    out = Path(args.output or Path(args.run_dir) / name)
+                     workers=args.workers, last=args.last, device=args.device)  # fmt: skip
+    other = args.data is not None and args.data != run_config(args.run_dir)[0].data.path
+    name = f"evaluation-{_data_name(args.data) + '-' if other else ''}{m['split']}"
+    out = Path(args.output or Path(args.run_dir) / f"{name}{'-last' if args.last else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(m, indent=2) + "\n")
     if args.json:
@@ -123,7 +135,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_name(data: str) -> str:
+    """A file-name part for a ``--data`` value: a folder's name, or the whole spec
+    (``synthetic:val=16``), with anything but letters, digits, ``.``, ``-`` made ``_``."""
+    name = data if ":" in data else Path(data.rstrip("/\\")).name or data
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_")[:80] or "data"
+
+
 def run_predict(args: argparse.Namespace) -> int:
+    """``detect predict``: each image drawn with the run's boxes into ``--out``, and the
+    count of boxes over the threshold printed per image; returns 0."""
     from ..detection.draw import image_files, predict_images
     from ..detection.evaluate import load_run_detector
 

@@ -23,17 +23,8 @@ import numpy as np
 import torch
 
 from .._validate import check_choice, check_positive
-from .synthetic import (
-    SHAPES,
-    SPLITS,
-    _blend,
-    _boxes,
-    _Canvas,
-    _coverage,
-    _sample_keys,
-    _shape_sdf,
-    _uniform,
-)
+from ._draw import SHAPES, Canvas, blend, coverage, object_boxes, sample_keys, shape_sdf, uniform
+from .synthetic import SPLITS
 
 __all__ = ["SCALE_RANGE", "Scenes", "render_scenes"]
 
@@ -42,7 +33,7 @@ SCALE_RANGE = (0.3, 0.9)
 
 
 def _object_alpha(
-    canvas: _Canvas, labels: np.ndarray, scale: np.ndarray, cx: np.ndarray, cy: np.ndarray
+    canvas: Canvas, labels: np.ndarray, scale: np.ndarray, cx: np.ndarray, cy: np.ndarray
 ) -> np.ndarray:
     """Coverage (B, S, S) of one object per image: shape ``labels``, half size
     ``scale``, centre ``(cx, cy)`` in pixels."""
@@ -53,7 +44,7 @@ def _object_alpha(
         s = scale[sel][:, None, None]
         u = (canvas.xs - cx[sel][:, None, None]) / s
         v = (canvas.ys - cy[sel][:, None, None]) / s
-        alpha[sel] = _coverage(_shape_sdf(int(shape), u, v) * s)
+        alpha[sel] = coverage(shape_sdf(int(shape), u, v) * s)
     return alpha
 
 
@@ -70,10 +61,10 @@ def _layout(keys: np.ndarray, max_objects: int, size: int) -> tuple[np.ndarray, 
     """Per image and object slot: present?, centre x, centre y, half size, all (B, M)."""
     g = math.ceil(math.sqrt(max_objects))
     cell = size / g
-    r = _uniform(keys, 300, 1 + g * g)
+    r = uniform(keys, 300, 1 + g * g)
     count = 1 + np.minimum((r[:, 0] * max_objects).astype(np.int64), max_objects - 1)
     cells = np.argsort(r[:, 1:], axis=1)[:, :max_objects]  # distinct cells, random order
-    p = _uniform(keys, 301, 3 * max_objects).reshape(-1, max_objects, 3)
+    p = uniform(keys, 301, 3 * max_objects).reshape(-1, max_objects, 3)
     lo, hi = SCALE_RANGE
     scale = (lo + (hi - lo) * p[..., 0]) * cell / 2
     margin = scale + 1.0
@@ -106,9 +97,9 @@ def render_scenes(
         raise ValueError(f"num_classes must be in [1, {len(SHAPES)}], got {num_classes}")
     check_positive("max_objects", max_objects)
     idx = np.asarray(indices, dtype=np.int64)
-    canvas = _Canvas(_sample_keys(seed, SPLITS[split], idx), img_size)
+    canvas = Canvas(sample_keys(seed, SPLITS[split], idx), img_size)
     present, cx, cy, scale = _layout(canvas.keys, max_objects, img_size)
-    labels = (_uniform(canvas.keys, 302, max_objects) * num_classes).astype(np.int64)
+    labels = (uniform(canvas.keys, 302, max_objects) * num_classes).astype(np.int64)
     labels = np.minimum(labels, num_classes - 1)
     img, invert = canvas.background()
     above = range(0, clutter, 3)
@@ -119,13 +110,13 @@ def render_scenes(
     for k in range(max_objects):
         alpha = _object_alpha(canvas, labels[:, k], scale[:, k], cx[:, k], cy[:, k])
         alpha *= present[:, k, None, None]
-        _blend(img, alpha, canvas.bright(310 + k))
-        boxes[:, k] = _boxes(alpha, img_size)
+        blend(img, alpha, canvas.bright(310 + k))
+        boxes[:, k] = object_boxes(alpha, img_size)
     for k in above:
         canvas.distractor(img, k)
     img[invert] = 1.0 - img[invert]
     n, s = idx.shape[0], img_size
-    img += (2 * _uniform(canvas.keys, 4, 3 * s * s) - 1).reshape(n, 3, s, s) * noise
+    img += (2 * uniform(canvas.keys, 4, 3 * s * s) - 1).reshape(n, 3, s, s) * noise
     pixels = torch.from_numpy(np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
     return Scenes(
         pixels,

@@ -3,11 +3,12 @@
 ``backbones`` (registry models as FPN bodies: stage features, frozen BatchNorm,
 trainable stages, classification weights), ``faster_rcnn`` (torchvision's Faster R-CNN
 with an FPN on them), ``ssd`` (torchvision's SSD on VGG-16 with CBAM/SE, or on a registry
-backbone such as MobileNet v1), ``data`` (targets, the generated scenes, loaders),
-``composed`` (object photos pasted on real scenes), ``readers`` (COCO- and VOC-format
-files, bad records reported and skipped), ``metrics`` (COCO mAP through pycocotools, VOC
-AP with the 11-point and area methods), and the training engine for detectors
-(``config``, ``setup``, ``loop``, ``engine``, ``evaluate``); ``draw`` puts boxes on images.
+backbone such as MobileNet v1; their feature maps in ``ssd_features``), ``data``
+(targets, the generated scenes, loaders), ``composed`` (object photos pasted on real
+scenes), ``readers`` (COCO- and VOC-format files, bad records reported and skipped),
+``metrics`` (COCO mAP through pycocotools, VOC AP with the 11-point and area methods),
+and the training engine for detectors (``config``, ``setup``, ``loop``, ``engine``,
+``evaluate``); ``draw`` puts boxes on images.
 """
 
 from .backbones import BackboneFPN, StageFeatures, build_fpn_backbone, freeze_batchnorm

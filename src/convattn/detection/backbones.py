@@ -17,18 +17,23 @@ Freezing follows torchvision's detection backbones: ``trainable_layers`` counts 
 stages from the last one backwards, the stem being the last unit counted (ResNet:
 5 trains everything, 3 trains ``layer2..layer4``, 0 trains none), and ``frozen_bn``
 replaces BatchNorm by :class:`~torchvision.ops.FrozenBatchNorm2d` (statistics and
-affine parameters fixed). Deviation: BatchNorms inside attention modules (CBAM's spatial
-gate) stay ordinary, trainable ``nn.BatchNorm2d``: the authors initialise that gate's
-weight to 0, so frozen it would hold every spatial gate at 0.5 for good; and with the
-statistics of a whole H x W map per image, its batch statistics are not the noisy
-per-channel ones that frozen BatchNorm is for. The residual blocks' fused tail folds
-``nn.BatchNorm2d`` only; a frozen one runs eagerly and the attention stays fused.
+affine parameters fixed). Deviation: in the trained units the BatchNorm of CBAM's
+spatial gate stays an ordinary, trainable ``nn.BatchNorm2d``. Its one channel pools
+N x H x W values, so its batch statistics are sound even in detection's small batches
+(the noise frozen BatchNorm is for is that of per-channel statistics over a few images),
+and its affine parameters are the gate's scale, which the authors start at 0: frozen,
+a body trained without classification weights would hold every gate at 0.5 for good.
+Every other BatchNorm is frozen, those of other attention modules included (BAM's
+``BatchNorm1d`` sees only N values per channel), and in the units that are not trained
+every BatchNorm is frozen, the spatial gates' too, so nothing there changes. The residual
+blocks' fused tail folds ``nn.BatchNorm2d`` only; a frozen one runs eagerly and the
+attention stays fused.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -36,7 +41,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..layers import ATTENTIONS
+from ..layers import SpatialAttention
 from ..models import Backbone, FeatureInfo, create_model, load_checkpoint
 
 __all__ = [
@@ -103,34 +108,54 @@ class BackboneFPN(nn.Module):
         return self.fpn(self.body(x))
 
 
-def _attention_modules(model: nn.Module) -> set[int]:
-    kinds = tuple(t for t in ATTENTIONS.values() if isinstance(t, type))
-    return {id(s) for m in model.modules() if isinstance(m, kinds) for s in m.modules()}
+class _FrozenBatchNorm1d(FrozenBatchNorm2d):
+    """:class:`~torchvision.ops.FrozenBatchNorm2d` for (N, C) and (N, C, L) inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(shape) + shift.reshape(shape)
+
+
+def _frozen(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    """A frozen copy of ``bn`` (statistics, affine parameters, eps, device and dtype)."""
+    kind = FrozenBatchNorm2d if isinstance(bn, nn.BatchNorm2d) else _FrozenBatchNorm1d
+    frozen = kind(bn.num_features, eps=bn.eps)
+    stats = bn.running_mean
+    assert stats is not None and bn.running_var is not None  # callers pick tracked ones
+    frozen = frozen.to(device=stats.device, dtype=stats.dtype)
+    with torch.no_grad():
+        if bn.affine:
+            frozen.weight.copy_(bn.weight)
+            frozen.bias.copy_(bn.bias)
+        frozen.running_mean.copy_(stats)
+        frozen.running_var.copy_(bn.running_var)
+    return frozen
+
+
+def _replace_batchnorms(model: nn.Module, pick: Callable[[str, nn.Module], bool]) -> int:
+    """Freeze every BatchNorm (1d, 2d) with running statistics for which
+    ``pick(qualified name, module)``; returns how many were replaced."""
+    targets = [
+        (parent, name, child)
+        for prefix, parent in model.named_modules()
+        for name, child in parent.named_children()
+        if type(child) in (nn.BatchNorm1d, nn.BatchNorm2d)
+        and child.running_mean is not None
+        and pick(f"{prefix}.{name}" if prefix else name, child)
+    ]
+    for parent, name, bn in targets:
+        setattr(parent, name, _frozen(bn))
+    return len(targets)
 
 
 def freeze_batchnorm(model: nn.Module) -> int:
-    """Replace every ``nn.BatchNorm2d`` outside attention modules by a
-    :class:`~torchvision.ops.FrozenBatchNorm2d` with its statistics, affine parameters
-    and eps; returns how many were replaced."""
-    skip = _attention_modules(model)
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        if id(parent) not in skip
-        for name, child in parent.named_children()
-        if type(child) is nn.BatchNorm2d
-    ]
-    for parent, name, bn in targets:
-        frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
-        with torch.no_grad():
-            if bn.affine:
-                frozen.weight.copy_(bn.weight)
-                frozen.bias.copy_(bn.bias)
-            if bn.running_mean is not None:
-                frozen.running_mean.copy_(bn.running_mean)
-                frozen.running_var.copy_(bn.running_var)
-        setattr(parent, name, frozen.to(bn.weight.device if bn.affine else "cpu"))
-    return len(targets)
+    """Replace every ``nn.BatchNorm2d`` and ``nn.BatchNorm1d`` but the spatial gates'
+    (:class:`~convattn.layers.SpatialAttention`'s ``bn``, see the module docstring) by a
+    frozen one with its statistics, affine parameters and eps; returns how many."""
+    gates = {id(m.bn) for m in model.modules() if isinstance(m, SpatialAttention)}
+    return _replace_batchnorms(model, lambda _, bn: id(bn) not in gates)
 
 
 def trainable_units(model: Backbone) -> list[str]:
@@ -140,15 +165,20 @@ def trainable_units(model: Backbone) -> list[str]:
 
 def freeze_stages(model: Backbone, trainable_layers: int) -> None:
     """Train only the last ``trainable_layers`` units of :func:`trainable_units` (the
-    stem is everything outside the stages); the other parameters get no gradient."""
+    stem is everything outside the stages): the other parameters get no gradient and
+    every BatchNorm of the other units, the attention's included, is frozen."""
     units = trainable_units(model)
     if not 0 <= trainable_layers <= len(units):
         raise ValueError(f"trainable_layers must be in [0, {len(units)}], got {trainable_layers}")
     train = set(units[:trainable_layers])
+
+    def unit(name: str) -> str:
+        top = name.split(".")[0]
+        return top if top in model.stage_names else "stem"
+
+    _replace_batchnorms(model, lambda name, _: unit(name) not in train)
     for name, p in model.named_parameters():
-        unit = name.split(".")[0]
-        unit = unit if unit in model.stage_names else "stem"
-        p.requires_grad_(unit in train)
+        p.requires_grad_(unit(name) in train)
 
 
 def _returned_indices(model: Backbone, returned_stages: Sequence[int] | None) -> tuple[int, ...]:

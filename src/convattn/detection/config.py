@@ -25,6 +25,7 @@ from ..engine.config import (
 __all__ = [
     "DETECTION_RECIPES",
     "DETECTORS",
+    "KIND_OPTIONS",
     "UNSUPPORTED",
     "DetectionConfig",
     "DetectionDataConfig",
@@ -41,6 +42,19 @@ UNSUPPORTED = {
     "run.precise_bn_batches": 0,
     "run.compile": False,
     "run.channels_last": False,
+}
+#: The detector options only one kind takes; the other kind refuses them at a value
+#: other than the default rather than ignoring them.
+KIND_OPTIONS = {
+    "faster_rcnn": (
+        "trainable_layers",
+        "frozen_bn",
+        "min_size",
+        "max_size",
+        "fpn_channels",
+        "representation_size",
+    ),
+    "ssd": ("size", "ssd_attn", "attn_placement", "width"),
 }
 #: Packaged detection recipes (``convattn detect train --config demo``).
 DETECTION_RECIPES = RECIPES / "detection"

@@ -10,8 +10,12 @@ Every dataset is a :class:`DetectionDataset` of :class:`ImageRecord` s: the embe
 :func:`synthetic_detection` (scenes of :mod:`convattn.data.scenes`), and COCO- and
 VOC-format files read by :mod:`convattn.detection.readers`, which report and skip
 bad records. Training takes horizontal flips (every shape of the synthetic set is
-left-right symmetric) drawn from the global torch generator, which the engine seeds per
-epoch, so a run repeats exactly.
+left-right symmetric) drawn from the torch generator of the process that loads the
+sample. With ``workers=0`` that is the global one, which the engine seeds per epoch, so
+a run and its resumption repeat the same flips exactly. Loading processes
+(``workers > 0``) draw from their own generators, seeded once from the loader's seed
+when they start: a run repeats from its start, but a resumed run draws other flips
+than the uninterrupted one.
 """
 
 from __future__ import annotations

@@ -19,15 +19,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..engine.config import load_config
 from ..engine.evaluate import autocast
 from ..engine.progress import Progress
+from ..engine.runtime import resolve_device
 from ..models.weights import CheckpointError, read_state_dict
 from .config import DetectionConfig
 from .data import Target, build_detection_loader
 from .metrics import coco_evaluate, voc_evaluate
-from .setup import build_detector, detection_dataset
+from .setup import build_detector, detection_dataset, limit
 
 __all__ = [
     "Predictions",
@@ -143,6 +145,16 @@ def load_run_detector(
     return model.eval(), cfg, classes
 
 
+def _device(name: str | None, run_device: str) -> torch.device:
+    """``name``, or the run's device when this machine has it, else the CPU."""
+    if name is not None:
+        return resolve_device(name)
+    try:
+        return resolve_device(run_device)
+    except ValueError:  # trained on CUDA, scored where there is none
+        return torch.device("cpu")
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -151,22 +163,31 @@ def evaluate_run(
     batch_size: int = 4,
     workers: int = 0,
     last: bool = False,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """COCO and VOC metrics of a run folder's weights on its (or ``data``'s) evaluation
-    split."""
+    split, on ``device`` (default: the run's when available, else the CPU). On the run's
+    own data and evaluation split, ``data.limit_val`` picks the same subset as in
+    training, so the figures are those of its records; another split is scored whole."""
     model, cfg, classes = load_run_detector(run_dir, last=last)
     split = split or cfg.data.val_split
     ds = detection_dataset(data or cfg.data.path, split, train=False)
     if ds.classes != classes:
         raise ValueError(f"the data's classes {ds.classes} are not the run's {classes}")
-    loader = build_detection_loader(ds, batch_size, train=False, workers=workers)
-    metrics = detection_metrics(predict_loader(model, loader, torch.device("cpu")), classes)
+    scored: Dataset[Any] = ds
+    if (data or cfg.data.path) == cfg.data.path and split == cfg.data.val_split:
+        scored = limit(ds, cfg.data.limit_val, cfg.data.limit_seed, "evaluation")
+    loader = build_detection_loader(scored, batch_size, train=False, workers=workers)
+    dev = _device(device, cfg.run.device)
+    amp = "none" if cfg.run.amp == "fp16" and dev.type != "cuda" else cfg.run.amp
+    metrics = detection_metrics(predict_loader(model.to(dev), loader, dev, amp=amp), classes)
     return {
         "model": cfg.model,
         "detector": cfg.detector.kind,
         "data": data or cfg.data.path,
         "split": split,
         "weights": "checkpoint.pt" if last else "best.safetensors",
-        "images": len(ds),
+        "device": str(dev),
+        "images": len(scored),  # type: ignore[arg-type]
         **metrics,
     }

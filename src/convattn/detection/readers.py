@@ -12,10 +12,14 @@
 
 Bad records never stop a run: each is logged (``logging.warning``) with its file and the
 record, kept in the dataset's ``problems`` and skipped. They are boxes leaving the image
-by more than :data:`TOLERANCE` px (boxes within it are clipped), zero-area or inverted
-boxes, malformed boxes, unknown categories, images listed but missing (or unreadable),
-duplicate image ids, unparsable XML, and a truncated or broken JSON file, of which the
-complete records before the damage are kept.
+by more than :data:`TOLERANCE` px (boxes within it are clipped, and refused when nothing
+is left), zero-area or inverted boxes, malformed boxes, unknown categories, ids that are
+not integers or strings, images listed but missing (or unreadable), duplicate image ids,
+unparsable XML, and a truncated or broken JSON file, of which the complete records
+before the damage are kept; when the damage may have cut the annotations, images left
+without any are dropped too (their objects may be lost, and they would be learned as
+background). Image sizes are read from the files' headers; a COCO ``width``/``height``
+that differs is logged.
 """
 
 from __future__ import annotations
@@ -97,7 +101,11 @@ def check_box(
     t = TOLERANCE
     if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
         return None, f"box outside the {width}x{height} image"
-    return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))], None
+    # A box within the tolerance but wholly beyond an edge has nothing left once clipped.
+    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
+    if x2 <= x1 or y2 <= y1:
+        return None, f"zero-area box once clipped to the {width}x{height} image"
+    return [x1, y1, x2, y2], None
 
 
 def _record(w: int, h: int, objs: list[tuple[list[float], int, int]], **kw: Any) -> ImageRecord:
@@ -118,12 +126,20 @@ def _coco_categories(data: dict, bad: _Problems) -> dict[Any, tuple[int, str]]:
     return {cid: (k + 1, cats[cid]) for k, cid in enumerate(sorted(cats))}
 
 
+def _is_id(value: Any) -> bool:
+    """COCO ids are integers (strings are accepted); lists and objects cannot be keys."""
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
 def _coco_images(data: dict, image_dir: Path, bad: _Problems) -> dict[Any, ImageRecord]:
-    """Image id -> an empty record, for images that exist and whose size is known."""
+    """Image id -> an empty record of the file's size, for images that exist."""
     out: dict[Any, ImageRecord] = {}
     for im in data.get("images", []):
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
             bad.add(im, "image without id or file_name")
+            continue
+        if not _is_id(im["id"]):
+            bad.add(im, "image id is not an integer or a string")
             continue
         if im["id"] in out:
             bad.add(im, f"duplicate image id {im['id']}")
@@ -133,8 +149,11 @@ def _coco_images(data: dict, image_dir: Path, bad: _Problems) -> dict[Any, Image
         if size is None:
             bad.add(im, "image listed but missing" if not path.is_file() else "unreadable image")
             continue
-        w, h = int(im.get("width") or size[0]), int(im.get("height") or size[1])
-        out[im["id"]] = _record(w, h, [], path=path, name=str(im["file_name"]))
+        listed = (im.get("width"), im.get("height"))
+        if listed != (None, None) and listed != size:
+            got = f"{path.name} is {size[0]}x{size[1]}, not the listed {listed[0]}x{listed[1]}"
+            log.warning("%s: image %s; its file's size is used", bad.file, got)
+        out[im["id"]] = _record(*size, [], path=path, name=str(im["file_name"]))
     return out
 
 
@@ -144,7 +163,7 @@ def read_coco(
     """A COCO-format annotation file and its image folder as a dataset (bad records
     reported and skipped, see the module docstring); boxes become ``xyxy``."""
     file, bad = Path(annotation_file), _Problems(Path(annotation_file))
-    data, damage = salvage_json(file.read_text(encoding="utf-8", errors="replace"))
+    data, damage, cut = salvage_json(file.read_text(encoding="utf-8", errors="replace"))
     if damage:
         kept = {k: len(v) for k, v in data.items() if isinstance(v, list)}
         bad.add(f"(records kept: {kept})", damage)
@@ -162,6 +181,9 @@ def read_coco(
         objects[ann["image_id"]].append(
             (box, cats[ann["category_id"]][0], int(bool(ann.get("iscrowd", 0))))
         )
+    if damage and (cut == "annotations" or "annotations" not in data):  # objects lost
+        for i in [i for i, objs in objects.items() if not objs]:
+            bad.add(images.pop(i).name, "no annotation before the damage (objects may be lost)")
     records = [
         _record(r.width, r.height, objects[i], path=r.path, name=r.name) for i, r in images.items()
     ]
@@ -172,9 +194,9 @@ def read_coco(
 def _coco_annotation_problem(ann: Any, images: dict, cats: dict) -> str | None:
     if not isinstance(ann, dict):
         return "annotation is not an object"
-    if ann.get("image_id") not in images:
+    if not _is_id(ann.get("image_id")) or ann["image_id"] not in images:
         return f"unknown or skipped image_id {ann.get('image_id')!r}"
-    if ann.get("category_id") not in cats:
+    if not _is_id(ann.get("category_id")) or ann["category_id"] not in cats:
         return f"unknown category id {ann.get('category_id')!r}"
     box = ann.get("bbox")
     if (

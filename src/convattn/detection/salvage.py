@@ -9,37 +9,47 @@ list (COCO's ``images`` or ``annotations``) every complete item before the damag
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["salvage_json"]
+__all__ = ["Salvaged", "salvage_json"]
 
 
-def salvage_json(text: str) -> tuple[dict[str, Any], str | None]:
+class Salvaged(NamedTuple):
+    """What :func:`salvage_json` read: the mapping, a description of the damage (``None``
+    when the text is valid) and the key of the entry the damage cut (``None`` when it
+    fell between entries or the text is valid)."""
+
+    data: dict[str, Any]
+    damage: str | None
+    cut: str | None
+
+
+def salvage_json(text: str) -> Salvaged:
     """Parse a JSON object, keeping what precedes damage (a truncated file): the complete
-    top-level entries and the complete items of a damaged top-level list. Returns the
-    mapping and a description of the damage (``None`` when the text is valid)."""
+    top-level entries and the complete items of a damaged top-level list."""
     try:
         data = json.loads(text)
         if not isinstance(data, dict):
-            return {}, "the file holds no JSON object"
-        return data, None
+            return Salvaged({}, "the file holds no JSON object", None)
+        return Salvaged(data, None, None)
     except json.JSONDecodeError as err:
         damage = f"broken JSON at line {err.lineno}, column {err.colno} ({err.msg})"
     dec, out, pos = json.JSONDecoder(), {}, _skip(text, 0, "{")
     while pos is not None:
+        key = None
         try:
             key, pos = dec.raw_decode(text, pos)
             pos = _skip(text, pos, ":")
-            if pos is None:
-                break
-            if text[pos] == "[":
+            if pos is not None and text[pos] == "[":
                 out[key], pos = _salvage_list(dec, text, _ws(text, pos + 1))
-            else:
+            elif pos is not None:
                 out[key], pos = dec.raw_decode(text, pos)
         except (json.JSONDecodeError, IndexError):
-            break
-        pos = _skip(text, pos, ",") if pos is not None else None
-    return out, damage
+            pos = None
+        if pos is None:  # the damage: in the entry of ``key`` once that was read
+            return Salvaged(out, damage, key if isinstance(key, str) else None)
+        pos = _skip(text, pos, ",")
+    return Salvaged(out, damage, None)
 
 
 def _ws(text: str, pos: int) -> int:

@@ -18,7 +18,7 @@ from ..engine.setup import TrainParts
 from ..engine.sync_bn import convert_sync_batchnorm
 from ..layers import set_impl
 from .composed import composed_detection, composed_options
-from .config import DETECTORS, UNSUPPORTED, DetectionConfig
+from .config import DETECTORS, KIND_OPTIONS, UNSUPPORTED, DetectionConfig, DetectorConfig
 from .data import DetectionDataset, build_detection_loader, synthetic_detection
 from .faster_rcnn import build_faster_rcnn
 from .readers import read_coco, read_voc
@@ -139,6 +139,16 @@ def check_supported(cfg: DetectionConfig) -> None:
     if d.kind == "ssd":
         check_ssd_arguments(cfg.model, attn=d.ssd_attn, attn_placement=d.attn_placement,
                             size=d.size)  # fmt: skip
+    default = DetectorConfig()
+    other = [
+        f"detector.{name}={getattr(d, name)!r}"
+        for kind, names in KIND_OPTIONS.items()
+        if kind != d.kind
+        for name in names
+        if getattr(d, name) != getattr(default, name)
+    ]
+    if other:
+        raise ValueError(f"detector.kind={d.kind!r} does not take {', '.join(other)}")
     for key, neutral in UNSUPPORTED.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import yaml
 
@@ -250,7 +250,15 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any], cls: type = Config) -> Any:
+#: A recipe class: :class:`Config`, or another such as detection's.
+T = TypeVar("T")
+
+
+@overload
+def config_from_dict(data: dict[str, Any]) -> Config: ...
+@overload
+def config_from_dict(data: dict[str, Any], cls: type[T]) -> T: ...
+def config_from_dict(data: dict[str, Any], cls: type[Any] = Config) -> Any:
     """Build a :class:`Config` (or another recipe class ``cls``, e.g. detection's) from a
     nested mapping, rejecting unknown keys."""
     return _build(cls, data or {}, "")
@@ -300,8 +308,12 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@overload
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> Config: ...
+@overload
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None, cls: type[T]) -> T: ...
 def apply_overrides(
-    data: dict[str, Any], overrides: dict[str, Any] | None, cls: type = Config
+    data: dict[str, Any], overrides: dict[str, Any] | None, cls: type[Any] = Config
 ) -> Any:
     """The :class:`Config` (or ``cls``) of the nested mapping ``data`` with dotted
     ``overrides`` applied."""
@@ -325,8 +337,18 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+@overload
 def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None, cls: type = Config
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Config: ...
+@overload
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, *, cls: type[T]
+) -> T: ...
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    cls: type[Any] = Config,
 ) -> Any:
     """Read a YAML recipe (a file or a packaged recipe name; or start from defaults) and
     apply dotted ``overrides`` such as ``{"optim.lr": 0.05, "model": "resnet50"}``; the

@@ -17,11 +17,12 @@ cosine schedule depends on the length, so its epochs cannot change. The run's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from .checkpoint import load_training_state
 from .config import (
     Config,
+    T,
     apply_overrides,
     config_from_dict,
     config_to_dict,
@@ -54,7 +55,11 @@ def checkpoint_file(resume: str | Path) -> Path:
     return path
 
 
-def saved_config(ckpt: dict[str, Any], cls: type = Config) -> Any:
+@overload
+def saved_config(ckpt: dict[str, Any]) -> Config: ...
+@overload
+def saved_config(ckpt: dict[str, Any], cls: type[T]) -> T: ...
+def saved_config(ckpt: dict[str, Any], cls: type[Any] = Config) -> Any:
     """The config a training checkpoint was written with (a ``cls``, default
     :class:`Config`)."""
     if not isinstance(ckpt.get("config"), dict):
@@ -62,11 +67,25 @@ def saved_config(ckpt: dict[str, Any], cls: type = Config) -> Any:
     return config_from_dict(ckpt["config"], cls)
 
 
+@overload
 def resume_config(
     resume: str | Path,
     overrides: dict[str, Any] | None = None,
     recipe: dict[str, Any] | None = None,
-    cls: type = Config,
+) -> Config: ...
+@overload
+def resume_config(
+    resume: str | Path,
+    overrides: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+    *,
+    cls: type[T],
+) -> T: ...
+def resume_config(
+    resume: str | Path,
+    overrides: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+    cls: type[Any] = Config,
 ) -> Any:
     """The config to resume ``resume`` (a run folder or checkpoint) with: the run's own,
     with the keys of ``recipe`` (a nested mapping) and dotted ``overrides`` applied.
