@@ -43,8 +43,8 @@ from convattn.detection.data import build_detection_loader, synthetic_detection
 from convattn.detection.engine import fit_detection
 from convattn.detection.loop import train_detection_epoch
 from convattn.detection.setup import build_detector
-from convattn.engine.config import load_config
 from convattn.engine.optim import build_optimizer, build_scheduler
+from convattn.engine.recipes import load_config
 from convattn.engine.resume import resume_config
 from convattn.engine.setup import TrainParts
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from convattn.data import build_dataset, build_loader
-from convattn.engine.config import load_config
 from convattn.engine.loop import StepOptions, train_one_epoch
 from convattn.engine.optim import build_optimizer, build_scheduler
+from convattn.engine.recipes import load_config
 from convattn.engine.setup import TrainParts
 from convattn.models import create_model
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from convattn.data.subset import stratified_indices
-from convattn.engine.config import load_config
 from convattn.engine.distributed import DistInfo
+from convattn.engine.recipes import load_config
 from convattn.engine.setup import build_data
 
 

@@ -157,7 +157,7 @@ def test_errors_are_one_line(run_dir, tmp_path, capsys):
 
 def test_packaged_detection_recipes_load():
     from convattn.detection.config import DETECTION_RECIPES, DetectionConfig
-    from convattn.engine.config import load_config
+    from convattn.engine.recipes import load_config
 
     names = sorted(p.stem for p in DETECTION_RECIPES.glob("*.yaml"))
     assert {"demo", "ssd_demo"} <= set(names)

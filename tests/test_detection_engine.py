@@ -20,7 +20,7 @@ from convattn.detection.engine import fit_detection
 from convattn.detection.evaluate import evaluate_run
 from convattn.detection.setup import check_supported
 from convattn.engine import StopRequested
-from convattn.engine.config import load_config
+from convattn.engine.recipes import load_config
 from convattn.engine.resume import resume_config
 
 # One shape per scene: mAP leaves 0 within an epoch, and the two epochs' records differ.

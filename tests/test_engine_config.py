@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from convattn.engine.config import RECIPES, Config, load_config
+from convattn.engine.config import RECIPES, Config
 from convattn.engine.optim import build_optimizer, build_scheduler, lr_factor
+from convattn.engine.recipes import load_config
 
 
 def test_every_packaged_recipe_loads():

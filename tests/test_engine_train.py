@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from convattn.engine import StopRequested
-from convattn.engine.config import load_config
 from convattn.engine.evaluate_checkpoint import evaluate_weights
 from convattn.engine.fit import fit
+from convattn.engine.recipes import load_config
 from convattn.models import create_model, read_state_dict
 
 DATA = "synthetic:train=256,val=128"

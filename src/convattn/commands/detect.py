@@ -92,7 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..detection.engine import fit_detection
     from ..detection.summary import format_detection_table
     from ..engine import StopRequested, load_config, resume_config
-    from ..engine.config import read_recipe
+    from ..engine.recipes import read_recipe
 
     if args.config is not None:
         args.config = detection_recipe(args.config)

@@ -61,7 +61,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, typing.Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine import StopRequested, fit, load_config, resume_config
-    from ..engine.config import read_recipe
+    from ..engine.recipes import read_recipe
     from ..engine.run import format_table
 
     if args.resume is not None:

@@ -13,14 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import (
-    RECIPES,
-    OptimConfig,
-    RunConfig,
-    ScheduleConfig,
-    opt,
-    packaged_file,
-)
+from ..engine.config import RECIPES, OptimConfig, RunConfig, ScheduleConfig, opt
+from ..engine.recipes import packaged_file
 
 __all__ = [
     "DETECTION_RECIPES",

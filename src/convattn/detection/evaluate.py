@@ -21,9 +21,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..engine.config import load_config
 from ..engine.evaluate import autocast
 from ..engine.progress import Progress
+from ..engine.recipes import load_config
 from ..engine.runtime import resolve_device
 from ..models.weights import CheckpointError, read_state_dict
 from .config import DetectionConfig

@@ -1,16 +1,18 @@
 """Training and evaluation: recipes, loops, checkpoints, distributed data parallelism.
 
-``config`` (the typed recipe), ``setup`` (data, model, optimiser, schedule, EMA, DDP from
-a recipe), ``loop`` (one epoch), ``evaluate``, ``checkpoint`` (all training state),
+``config`` (the typed recipe), ``recipes`` (reading, overriding and saving it),
+``setup`` (data, model, optimiser, schedule, EMA, DDP from a recipe), ``loop`` (one
+epoch), ``evaluate``, ``checkpoint`` (all training state),
 ``resume`` (which options may change), ``run`` (the run folder and its summary),
 ``runtime`` (device, threads, seeding), ``distributed`` and ``fit`` (all of it).
 """
 
-from .config import Config, load_config, save_config
+from .config import Config
 from .evaluate import evaluate, precise_bn
 from .evaluate_checkpoint import evaluate_weights
 from .fit import StopRequested, fit
 from .loop import EpochResult, StepOptions, train_one_epoch
+from .recipes import load_config, save_config
 from .resume import resume_config
 
 __all__ = [

@@ -24,8 +24,9 @@ import torch
 
 from .._version import __version__
 from ..models.weights import read_torch_file
-from .config import Config, config_to_dict
+from .config import Config
 from .metrics import Meter
+from .recipes import config_to_dict
 
 if TYPE_CHECKING:
     from .setup import TrainParts

@@ -8,8 +8,8 @@ from typing import Any
 from ..data import build_dataset, build_loader
 from ..data.subset import limit_dataset
 from ..models import create_model, load_checkpoint
-from .config import load_config
 from .evaluate import evaluate
+from .recipes import load_config
 from .runtime import resolve_device
 from .setup import build_model
 

@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import Any, overload
 
 from .checkpoint import load_training_state
-from .config import (
-    Config,
-    T,
-    apply_overrides,
-    config_from_dict,
-    config_to_dict,
-    flatten,
-    merge_sections,
-)
+from .config import Config
+from .recipes import T, apply_overrides, config_from_dict, config_to_dict, flatten, merge_sections
 
 __all__ = ["EXECUTION_KEYS", "check_resume", "checkpoint_file", "resume_config", "saved_config"]
 

@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config, save_config
+from .config import Config
 from .lock import FolderLock
+from .recipes import save_config
 
 __all__ = [
     "RUN_FILES",

@@ -17,7 +17,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..data import build_dataset
 from ..data.subset import stratified_indices
 from ..data.transforms import build_transform, normalize_transform
-from ..engine.config import Config, load_config
+from ..engine.config import Config
+from ..engine.recipes import load_config
 from ..engine.run import read_metrics
 from ..engine.setup import build_model
 from ..models import CheckpointError, create_model, get_model_spec, load_checkpoint

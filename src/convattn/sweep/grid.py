@@ -42,9 +42,8 @@ from typing import Any
 
 import yaml
 
-from ..engine.config import (
-    RECIPES,
-    Config,
+from ..engine.config import RECIPES, Config
+from ..engine.recipes import (
     apply_overrides,
     config_to_dict,
     flatten,

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DATA_ENV
-from ..engine.config import config_to_dict, flatten, save_config
 from ..engine.fit import StopRequested, fit
 from ..engine.lock import FolderLock
+from ..engine.recipes import config_to_dict, flatten, save_config
 from ..engine.resume import EXECUTION_KEYS, resume_config
 from ..engine.run import read_metrics
 from .grid import RunSpec
