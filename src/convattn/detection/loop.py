@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..engine.checkpoint import set_rng_state
 from ..engine.evaluate import autocast
-from ..engine.loop import PartialEpoch, SignalStop
+from ..engine.loop import PartialEpoch, SignalStop, optimizer_step, resumable_batches
 from ..engine.metrics import Meter
 from ..engine.progress import Progress
 from ..engine.setup import TrainParts
@@ -60,21 +58,7 @@ def _step(parts: TrainParts, images: list, targets: list, amp: str, clip: float 
         raise FloatingPointError(
             f"loss is {loss.item()} ({ {k: float(v) for k, v in losses.items()} })"
         )
-    opt, scaler = parts.optimizer, parts.scaler
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-    else:
-        loss.backward()
-    if clip:
-        nn.utils.clip_grad_norm_(parts.model.parameters(), clip)
-    if scaler is not None:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
-    parts.scheduler.step()
+    optimizer_step(parts, loss, clip)
     return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
 
 
@@ -95,13 +79,7 @@ def train_detection_epoch(
     skip = 0 if resume is None else resume.steps
     meter = Meter() if resume is None else resume.meter
     start, done, stopped = time.perf_counter(), skip, False
-    for step, (images, targets) in enumerate(loader):
-        if step >= steps:
-            break
-        if step < skip:
-            if step == skip - 1 and resume is not None and resume.rng is not None:
-                set_rng_state(resume.rng)  # as when the epoch stopped, before the next batch
-            continue
+    for step, (images, targets) in resumable_batches(loader, steps, resume):
         images = [im.to(parts.device, non_blocking=True) for im in images]
         losses = _step(parts, images, training_targets(targets, parts.device), amp, clip_grad)
         meter.update(len(images), **{k: v * len(images) for k, v in losses.items()})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,15 @@ from .metrics import Meter, topk_correct
 from .progress import Progress
 from .setup import TrainParts
 
-__all__ = ["EpochResult", "PartialEpoch", "SignalStop", "StepOptions", "train_one_epoch"]
+__all__ = [
+    "EpochResult",
+    "PartialEpoch",
+    "SignalStop",
+    "StepOptions",
+    "optimizer_step",
+    "resumable_batches",
+    "train_one_epoch",
+]
 
 
 class SignalStop:
@@ -96,12 +105,9 @@ class EpochResult:
         return {k: getattr(self, k) for k in keys}
 
 
-def _step(parts: TrainParts, images: torch.Tensor, labels: torch.Tensor, opts: StepOptions):
-    with autocast(parts.device, opts.amp):
-        logits = parts.train_model(images)
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=opts.label_smoothing)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()}")
+def optimizer_step(parts: TrainParts, loss: torch.Tensor, clip_grad: float | None) -> None:
+    """Back-propagate ``loss`` and step the optimiser and the schedule: through the AMP
+    grad scaler when there is one, with the gradient norm clipped at ``clip_grad``."""
     opt, scaler = parts.optimizer, parts.scaler
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -109,14 +115,41 @@ def _step(parts: TrainParts, images: torch.Tensor, labels: torch.Tensor, opts: S
         scaler.unscale_(opt)
     else:
         loss.backward()
-    if opts.clip_grad:
-        nn.utils.clip_grad_norm_(parts.model.parameters(), opts.clip_grad)
+    if clip_grad:
+        nn.utils.clip_grad_norm_(parts.model.parameters(), clip_grad)
     if scaler is not None:
         scaler.step(opt)
         scaler.update()
     else:
         opt.step()
     parts.scheduler.step()
+
+
+def resumable_batches(
+    loader: Any, steps: int, resume: PartialEpoch | None = None
+) -> Iterator[tuple[int, Any]]:
+    """``(step, batch)`` for the first ``steps`` batches of ``loader`` but the
+    ``resume.steps`` done before an interruption: those are drawn and dropped, and the
+    random state is set back to the one saved when the epoch stopped, so the batches that
+    follow are those an uninterrupted epoch would see."""
+    skip = 0 if resume is None else resume.steps
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        if step < skip:
+            if step == skip - 1 and resume is not None and resume.rng is not None:
+                set_rng_state(resume.rng)  # as when the epoch stopped, before the next batch
+            continue
+        yield step, batch
+
+
+def _step(parts: TrainParts, images: torch.Tensor, labels: torch.Tensor, opts: StepOptions):
+    with autocast(parts.device, opts.amp):
+        logits = parts.train_model(images)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=opts.label_smoothing)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()}")
+    optimizer_step(parts, loss, opts.clip_grad)
     if parts.ema is not None:
         parts.ema.update_parameters(parts.model)
     return loss.detach(), logits.detach()
@@ -142,13 +175,7 @@ def train_one_epoch(
     skip = 0 if resume is None else resume.steps
     meter = Meter() if resume is None else resume.meter
     start, done, stopped = time.perf_counter(), skip, False
-    for step, (images, labels) in enumerate(loader):
-        if step >= steps:
-            break
-        if step < skip:
-            if step == skip - 1 and resume is not None and resume.rng is not None:
-                set_rng_state(resume.rng)  # as when the epoch stopped, before the next batch
-            continue
+    for step, (images, labels) in resumable_batches(loader, steps, resume):
         images, labels = (
             move_batch(images, parts.device, opts.channels_last),
             labels.to(parts.device),
