@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .tensor import SkippedFile
 
@@ -29,6 +30,7 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageFolderRGB",
     "find_dataset_root",
+    "image_files",
     "load_rgb",
     "split_dir",
 ]
@@ -193,3 +195,22 @@ class ImageFolderRGB(ImageFolder):
     def num_skipped(self) -> int:
         """How many files were left out so far."""
         return len(self._scan_skipped) + int(self._bad.sum())
+
+
+def image_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The image files of ``paths``: files as given, folders searched recursively (in
+    sorted order) for files with an image extension.
+
+    Raises a one-line error for a missing path or a folder without images."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
+            if not found:
+                raise ValueError(f"{p}: no images in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return files

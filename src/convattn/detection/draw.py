@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.utils import draw_bounding_boxes
 
+from ..data import folders
 from .data import Target
 
 __all__ = ["draw_detections", "image_files", "image_tensor", "predict_images"]
@@ -24,17 +24,7 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 
     Raises a one-line error for a missing path, a folder without images, or two inputs
     with one name (their drawings would overwrite each other)."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
-            if not found:
-                raise ValueError(f"{p}: no images in this folder")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+    files = folders.image_files(paths)
     seen: dict[str, Path] = {}
     for f in files:
         if f.stem in seen:

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..data import build_dataset
+from ..data.folders import image_files
 from ..data.subset import stratified_indices
 from ..data.transforms import build_transform, normalize_transform
 from ..engine.config import Config
@@ -130,17 +130,7 @@ def load_images(paths: list[str | Path]) -> list[tuple[Path, Image.Image]]:
 
     Raises a one-line ``ValueError`` naming the file that does not decode or the folder
     without images."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
-            if not found:
-                raise ValueError(f"{p}: no images in this folder")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+    files = image_files(paths)
     out = []
     for f in files:
         try:
