@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import RECIPES, OptimConfig, RunConfig, ScheduleConfig, opt
+from ..engine.config import RECIPES, OptimConfig, RunConfig, ScheduleConfig, opt, scaled_lr
 from ..engine.recipes import packaged_file
 
 __all__ = [
@@ -133,6 +133,4 @@ class DetectionConfig:
     @property
     def lr(self) -> float:
         """The learning rate used: ``optim.lr`` or ``base_lr * batch_size / 256``."""
-        if self.optim.lr is not None:
-            return self.optim.lr
-        return self.optim.base_lr * self.data.batch_size / 256
+        return scaled_lr(self.optim, self.data.batch_size)

@@ -27,6 +27,7 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "config_fields",
+    "scaled_lr",
 ]
 
 
@@ -146,9 +147,15 @@ class Config:
     @property
     def lr(self) -> float:
         """The learning rate used: ``optim.lr`` or ``base_lr * batch_size / 256``."""
-        if self.optim.lr is not None:
-            return self.optim.lr
-        return self.optim.base_lr * self.data.batch_size / 256
+        return scaled_lr(self.optim, self.data.batch_size)
+
+
+def scaled_lr(optim: OptimConfig, batch_size: int) -> float:
+    """``optim.lr`` when set, else the linear scaling rule ``base_lr * batch_size / 256``
+    (Goyal et al. 2017), the paper's 0.1 at batch 256."""
+    if optim.lr is not None:
+        return optim.lr
+    return optim.base_lr * batch_size / 256
 
 
 @dataclass(frozen=True)
