@@ -1,13 +1,12 @@
 """``fit_detection``: a :class:`~convattn.detection.config.DetectionConfig` to a run folder.
 
 The classification engine's ``fit`` computes cross-entropy in its loop; detectors
-compute their own losses, so this is a loop of its own on the engine's parts: the run
-folder and its lock (:class:`~convattn.engine.run.Run`), seeding per epoch
-(:func:`~convattn.engine.runtime.seed_epoch`), SGD and the per-step schedule
-(:mod:`convattn.engine.optim`), atomic checkpoints with every generator's state
-(:mod:`convattn.engine.checkpoint`), resume rules (:mod:`convattn.engine.resume`),
-SIGINT/SIGTERM stops mid-epoch (:class:`~convattn.engine.loop.SignalStop`), AMP
-autocast and gradient scaling, DDP and progress display.
+compute their own losses, so the epoch is a loop of its own
+(:func:`~convattn.detection.loop.train_detection_epoch`), run by the engine's
+:class:`~convattn.engine.job.Job` like a classification run: the resume checks and the
+run folder with its lock, the checkpoint with every generator's state, SIGINT/SIGTERM
+stops mid-epoch; with the engine's seeding per epoch, SGD and the per-step schedule,
+AMP autocast and gradient scaling, DDP and progress display.
 
 Each epoch trains, evaluates (every ``run.eval_every`` epochs and after the last: COCO
 and VOC figures, see :mod:`convattn.detection.evaluate`), exports the best weights by
@@ -33,19 +32,13 @@ from ..data import set_epoch
 from ..engine.checkpoint import (
     TrainState,
     export_safetensors,
-    get_rng_state,
-    load_training_state,
-    restore_training_state,
-    save_training_state,
 )
-from ..engine.distributed import DistInfo, barrier, cleanup, init_distributed
-from ..engine.fit import StopRequested
-from ..engine.loop import PartialEpoch, SignalStop
-from ..engine.metrics import Meter
+from ..engine.distributed import DistInfo, barrier
+from ..engine.job import Job, finished_summary, run_fit
+from ..engine.loop import SignalStop
 from ..engine.progress import Progress
-from ..engine.resume import check_resume, checkpoint_file, saved_config
 from ..engine.run import Run
-from ..engine.runtime import configure, seed_epoch
+from ..engine.runtime import seed_epoch
 from ..engine.setup import TrainParts
 from .config import DetectionConfig
 from .evaluate import detection_metrics, predict_loader
@@ -67,43 +60,17 @@ def fit_detection(cfg: DetectionConfig, *, resume: str | Path | None = None) -> 
         resume: a run folder or its checkpoint to continue.
     """
     check_supported(cfg)
-    ckpt, folder, changes = None, None, []
-    if resume is not None:
-        path = checkpoint_file(resume)
-        ckpt, folder = load_training_state(path), path.parent
-        saved = saved_config(ckpt, DetectionConfig)
-        changes = check_resume(saved, cfg, done_epochs=ckpt["epoch"])
-    device = configure(cfg.run)
-    dist = init_distributed(device)
-    try:
-        run = Run(cfg, main=dist.is_main, folder=folder, resume=ckpt is not None)  # type: ignore[arg-type]
-        try:
-            for change in changes:
-                log.info("resume: %s", change)
-            return _fit(cfg, run, dist, device, ckpt)
-        finally:
-            run.close()
-    finally:
-        cleanup()
+    return run_fit(cfg, resume, DetectionConfig, _fit)
 
 
 def _fit(cfg: DetectionConfig, run: Run, dist: DistInfo, device: torch.device, ckpt: dict | None):
-    summary = run.dir / "summary.json"
-    if ckpt is not None and ckpt["epoch"] >= cfg.schedule.epochs and summary.is_file():
-        log.info("run %s already finished (%d epochs); nothing to train", run.dir, ckpt["epoch"])
-        return json.loads(summary.read_text())[0]
+    done = finished_summary(cfg, run, ckpt)
+    if done is not None:
+        return done
     data = build_detection_data(cfg, dist)
     job = _Job(cfg, run, dist, data, build_detection_parts(cfg, data, device, dist), TrainState())
     job.describe()
-    if ckpt is not None:
-        job.state = restore_training_state(ckpt, job.parts)
-        run.append_missing(job.state.record)
-        log.info("resumed %s at epoch %d, step %d", run.dir, job.state.epoch + 1, job.state.step)
-    job.log_start()
-    with SignalStop() as stop:
-        for epoch in range(job.state.epoch, cfg.schedule.epochs):
-            job.epoch(epoch, stop)
-    return job.summary()
+    return job.train(ckpt)
 
 
 def _epoch_line(record: dict[str, Any], result: DetectionEpoch) -> str:
@@ -115,19 +82,12 @@ def _epoch_line(record: dict[str, Any], result: DetectionEpoch) -> str:
 
 
 @dataclass
-class _Job:
+class _Job(Job):
     """One detection run in progress."""
 
     cfg: DetectionConfig
-    run: Run
-    dist: DistInfo
     data: DetectionData
     parts: TrainParts
-    state: TrainState
-
-    @property
-    def show(self) -> bool:
-        return self.dist.is_main and self.cfg.run.progress
 
     def describe(self) -> None:
         """``dataset.json``: what tools reading the run without its data need."""
@@ -158,14 +118,6 @@ class _Job:
         if d.skipped:
             log.warning("%d bad annotation records were skipped (see train.log)", d.skipped)
 
-    def resumed_part(self) -> PartialEpoch | None:
-        s = self.state
-        if not s.step:
-            return None
-        if not self.dist.is_main:
-            return PartialEpoch(s.step, Meter())
-        return PartialEpoch(s.step, s.partial_meter(), s.partial_rng)
-
     def epoch(self, epoch: int, stop: SignalStop) -> None:
         """Train, evaluate, checkpoint and record epoch ``epoch`` (0-based)."""
         cfg, state = self.cfg, self.state
@@ -184,27 +136,11 @@ class _Job:
                 progress=bar,
             )
         if result.stopped:
-            self.stopped(result)
+            self.save_stopped(result.partial)
         record = self.record(epoch, result.stats())
-        state.epoch, state.step, state.partial_sums, state.partial_rng = epoch + 1, 0, None, None
-        state.record = record
-        self.checkpoint()  # before the metrics line, as the classification engine
-        self.run.log_metrics(record)
+        self.finish_epoch(epoch, record)
         log.info("%s  %s", desc, _epoch_line(record, result))
         barrier()
-
-    def stopped(self, result: DetectionEpoch) -> None:
-        m = result.partial.meter
-        self.state.step = result.partial.steps
-        self.state.partial_sums = {"count": m.count, "sums": m.sums}
-        self.state.partial_rng = get_rng_state()
-        self.checkpoint()
-        log.info(
-            "stopped by signal; checkpoint saved to %s (resume with --resume %s)",
-            self.run.checkpoint_path,
-            self.run.dir,
-        )
-        raise StopRequested(str(self.run.checkpoint_path))
 
     def record(self, epoch: int, stats: dict[str, float]) -> dict[str, Any]:
         """The metrics record of finished epoch ``epoch``, evaluated when it is due."""
@@ -239,10 +175,6 @@ class _Job:
                 model=self.cfg.model,
                 map=f"{value:.4f}",
             )
-
-    def checkpoint(self) -> None:
-        if self.dist.is_main:
-            save_training_state(self.run.checkpoint_path, self.parts, self.state, self.cfg)  # type: ignore[arg-type]
 
     def summary(self) -> dict[str, Any]:
         """The run's row: backbone, detector, parameters, last COCO/VOC figures, speed."""

@@ -4,7 +4,8 @@
 ``setup`` (data, model, optimiser, schedule, EMA, DDP from a recipe), ``loop`` (one
 epoch), ``evaluate``, ``checkpoint`` (all training state),
 ``resume`` (which options may change), ``run`` (the run folder and its summary),
-``runtime`` (device, threads, seeding), ``distributed`` and ``fit`` (all of it).
+``runtime`` (device, threads, seeding), ``distributed``, ``job`` (a run in progress, also
+for detection) and ``fit`` (all of it).
 """
 
 from .config import Config

@@ -9,7 +9,6 @@ checkpoint whose record is either in the file already or appended on resume.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -20,32 +19,20 @@ import torch
 
 from ..data import set_epoch
 from ..models import profile
-from .checkpoint import (
-    TrainState,
-    export_safetensors,
-    get_rng_state,
-    load_training_state,
-    restore_training_state,
-    save_training_state,
-)
+from .checkpoint import TrainState, export_safetensors
 from .config import Config
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .distributed import DistInfo, barrier
 from .evaluate import evaluate, precise_bn
-from .loop import PartialEpoch, SignalStop, StepOptions, train_one_epoch
-from .metrics import Meter
+from .job import Job, StopRequested, finished_summary, run_fit
+from .loop import SignalStop, StepOptions, train_one_epoch
 from .progress import Progress
-from .resume import check_resume, checkpoint_file, saved_config
 from .run import Run
-from .runtime import configure, seed_epoch
+from .runtime import seed_epoch
 from .setup import RunData, TrainParts, build_data, build_model, build_parts, num_skipped
 
 __all__ = ["StopRequested", "fit"]
 
 log = logging.getLogger("convattn")
-
-
-class StopRequested(Exception):
-    """Raised after a checkpoint was saved because SIGINT/SIGTERM asked to stop."""
 
 
 def fit(cfg: Config, *, resume: str | Path | None = None) -> dict[str, Any]:
@@ -58,58 +45,26 @@ def fit(cfg: Config, *, resume: str | Path | None = None) -> dict[str, Any]:
             :func:`~convattn.engine.resume.resume_config` builds it from the run.
         resume: a checkpoint file or a run folder to continue (its folder is reused).
     """
-    ckpt, folder, changes = None, None, []
-    if resume is not None:
-        path = checkpoint_file(resume)
-        ckpt, folder = load_training_state(path), path.parent
-        changes = check_resume(saved_config(ckpt), cfg, done_epochs=ckpt["epoch"])
-    device = configure(cfg.run)
-    dist = init_distributed(device)
-    try:
-        run = Run(cfg, main=dist.is_main, folder=folder, resume=ckpt is not None)
-        try:
-            for change in changes:
-                log.info("resume: %s", change)
-            return _fit(cfg, run, dist, device, ckpt)
-        finally:
-            run.close()
-    finally:
-        cleanup()
+    return run_fit(cfg, resume, Config, _fit)
 
 
 def _fit(cfg: Config, run: Run, dist: DistInfo, device: torch.device, ckpt: dict | None):
-    summary = run.dir / "summary.json"
-    if ckpt is not None and ckpt["epoch"] >= cfg.schedule.epochs and summary.is_file():
-        log.info("run %s already finished (%d epochs); nothing to train", run.dir, ckpt["epoch"])
-        return json.loads(summary.read_text())[0]
+    done = finished_summary(cfg, run, ckpt)
+    if done is not None:
+        return done
     data = build_data(cfg, dist, progress=dist.is_main and cfg.run.progress)
     run.describe_dataset(data.info)
     job = _Job(cfg, run, dist, data, build_parts(cfg, data, device, dist), TrainState())
-    if ckpt is not None:
-        job.state = restore_training_state(ckpt, job.parts)
-        run.append_missing(job.state.record)
-        log.info("resumed %s at epoch %d, step %d", run.dir, job.state.epoch + 1, job.state.step)
-    job.log_start()
-    with SignalStop() as stop:
-        for epoch in range(job.state.epoch, cfg.schedule.epochs):
-            job.epoch(epoch, stop)
-    return job.summary()
+    return job.train(ckpt)
 
 
 @dataclass
-class _Job:
-    """One run in progress: its recipe, folder, processes, data, model and state."""
+class _Job(Job):
+    """One classification run in progress."""
 
     cfg: Config
-    run: Run
-    dist: DistInfo
     data: RunData
     parts: TrainParts
-    state: TrainState
-
-    @property
-    def show(self) -> bool:
-        return self.dist.is_main and self.cfg.run.progress
 
     def log_start(self) -> None:
         c, d = self.cfg, self.data
@@ -118,15 +73,6 @@ class _Job:
             "%s: %.2fM parameters, %s (%d classes), %d steps/epoch, lr %.4g, run folder %s",
             c.model, params / 1e6, d.info.name, d.info.num_classes, d.steps, c.lr, self.run.dir,
         )  # fmt: skip
-
-    def resumed_part(self) -> PartialEpoch | None:
-        """The stopped epoch to continue (its sums and generators: main process only)."""
-        s = self.state
-        if not s.step:
-            return None
-        if not self.dist.is_main:
-            return PartialEpoch(s.step, Meter())
-        return PartialEpoch(s.step, s.partial_meter(), s.partial_rng)
 
     def epoch(self, epoch: int, stop: SignalStop) -> None:
         """Train, evaluate, checkpoint and record epoch ``epoch`` (0-based)."""
@@ -140,21 +86,9 @@ class _Job:
                 steps=self.data.steps, resume=self.resumed_part(), stop=stop, progress=bar,
             )  # fmt: skip
         if result.stopped:
-            m = result.partial.meter
-            state.step, state.partial_sums = (
-                result.partial.steps,
-                {"count": m.count, "sums": m.sums},
-            )
-            state.partial_rng = get_rng_state()
-            self.checkpoint()
-            log.info("stopped by signal; checkpoint saved to %s (resume with --resume %s)",
-                     self.run.checkpoint_path, self.run.dir)  # fmt: skip
-            raise StopRequested(str(self.run.checkpoint_path))
+            self.save_stopped(result.partial)
         record = self.record(epoch, result.stats())
-        state.epoch, state.step, state.partial_sums, state.partial_rng = epoch + 1, 0, None, None
-        state.record = record
-        self.checkpoint()  # before the metrics line: see the module docstring
-        self.run.log_metrics(record)
+        self.finish_epoch(epoch, record)
         val = record.get("val_top1_err")
         shown = "" if val is None else f"  val err {val:.2f}% / {record['val_top5_err']:.2f}%"
         log.info("%s  train loss %.4f err %.2f%%%s  %.0f img/s", desc, result.loss,
@@ -191,10 +125,6 @@ class _Job:
                 export_safetensors(parts.model.state_dict(), self.run.best_path, model=cfg.model,
                                    top1_err=f"{val['top1_err']:.4f}")  # fmt: skip
         return out
-
-    def checkpoint(self) -> None:
-        if self.dist.is_main:
-            save_training_state(self.run.checkpoint_path, self.parts, self.state, self.cfg)
 
     def summary(self) -> dict[str, Any]:
         """The run's Table-4 row (from the last epoch's record), written to its summary."""
