@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from ..engine.config import config_fields
-from .train import add_config_options, overrides_from
+from .train import add_config_options, train_and_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -91,24 +91,10 @@ def run_train(args: argparse.Namespace) -> int:
     from ..detection.config import DetectionConfig, detection_recipe
     from ..detection.engine import fit_detection
     from ..detection.summary import format_detection_table
-    from ..engine import StopRequested, load_config, resume_config
-    from ..engine.recipes import read_recipe
 
     if args.config is not None:
         args.config = detection_recipe(args.config)
-    if args.resume is not None:
-        recipe = read_recipe(args.config) if args.config else None
-        cfg = resume_config(args.resume, overrides_from(args), recipe, cls=DetectionConfig)
-    else:
-        cfg = load_config(args.config, overrides_from(args), cls=DetectionConfig)
-    try:
-        row = fit_detection(cfg, resume=args.resume)
-    except StopRequested as stop:
-        print(f"stopped; checkpoint saved: {stop}")
-        return 130
-    print(format_detection_table([row]))
-    print(f"run folder: {row['run_dir']}")
-    return 0
+    return train_and_report(args, DetectionConfig, fit_detection, format_detection_table)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

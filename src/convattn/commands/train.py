@@ -60,20 +60,34 @@ def overrides_from(args: argparse.Namespace) -> dict[str, typing.Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import StopRequested, fit, load_config, resume_config
-    from ..engine.recipes import read_recipe
+    from ..engine import Config, fit
     from ..engine.run import format_table
+
+    return train_and_report(args, Config, fit, format_table)
+
+
+def train_and_report(
+    args: argparse.Namespace,
+    cls: type,
+    fit_fn: typing.Callable[..., dict[str, typing.Any]],
+    table: typing.Callable[[list[dict[str, typing.Any]]], str],
+) -> int:
+    """The recipe of ``args`` (or of ``--resume``'s run) as a ``cls``, trained by
+    ``fit_fn``; prints its summary row with ``table``. Returns 0, or 130 when stopped by a
+    signal (checkpoint saved)."""
+    from ..engine import StopRequested, load_config, resume_config
+    from ..engine.recipes import read_recipe
 
     if args.resume is not None:
         recipe = read_recipe(args.config) if args.config else None
-        cfg = resume_config(args.resume, overrides_from(args), recipe)
+        cfg = resume_config(args.resume, overrides_from(args), recipe, cls=cls)
     else:
-        cfg = load_config(args.config, overrides_from(args))
+        cfg = load_config(args.config, overrides_from(args), cls=cls)
     try:
-        row = fit(cfg, resume=args.resume)
+        row = fit_fn(cfg, resume=args.resume)
     except StopRequested as stop:
         print(f"stopped; checkpoint saved: {stop}")
         return 130
-    print(format_table([row]))
+    print(table([row]))
     print(f"run folder: {row['run_dir']}")
     return 0
