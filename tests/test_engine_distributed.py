@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,26 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     torch.manual_seed(0)  # fit's initial weights: the training really moved them
     start = create_model("cifar_resnet20_cbam").state_dict()
     assert not torch.allclose(start["layer2.0.conv1.weight"], one["layer2.0.conv1.weight"])
+
+
+@pytest.mark.slow
+def test_without_sync_bn_the_evaluation_scores_the_weights_rank_0_saves(tmp_path):
+    # Each process updates its own BatchNorm statistics; before the fix the second one
+    # evaluated its half of the images with them, not with the checkpoint's.
+    args = [a for a in ARGS if a != "--sync-bn"] + ["--output", str(tmp_path)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2"]  # fmt: skip
+    _run([*torchrun, "-m", "convattn", *args], tmp_path)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    cmd = [sys.executable, "-m", "convattn", "evaluate", str(tmp_path / "run"), "--last",
+           "--json", "--workers", "0"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CONVATTN_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    alone = json.loads(out.stdout)
+    # The loss sees the statistics' differences that a few hundred predictions may not.
+    assert record["val_loss"] == pytest.approx(alone["loss"], rel=1e-6)
+    assert record["val_top1_err"] == pytest.approx(alone["top1_err"], abs=1e-9)
 
 
 def test_group_batchnorm_synced_path_matches_batchnorm(tmp_path):

@@ -33,7 +33,7 @@ from ..engine.checkpoint import (
     TrainState,
     export_safetensors,
 )
-from ..engine.distributed import DistInfo, barrier
+from ..engine.distributed import DistInfo, barrier, broadcast_buffers
 from ..engine.job import Job, finished_summary, run_fit
 from ..engine.loop import SignalStop
 from ..engine.progress import Progress
@@ -158,6 +158,7 @@ class _Job(Job):
         return record
 
     def validate(self) -> dict[str, Any]:
+        broadcast_buffers(self.parts.model)  # the statistics rank 0 checkpoints
         pred = predict_loader(
             self.parts.model,
             self.data.val,

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup", "init_distributed"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_buffers",
+    "cleanup",
+    "init_distributed",
+]
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics; a no-op when
+    not distributed). Without synchronised BatchNorm each process updates its own
+    statistics from its own batches; evaluating after this scores the weights rank 0
+    saves, not a mixture of the processes' models."""
+    if dist.is_available() and dist.is_initialized():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def barrier() -> None:

@@ -21,7 +21,7 @@ from ..data import set_epoch
 from ..models import profile
 from .checkpoint import TrainState, export_safetensors
 from .config import Config
-from .distributed import DistInfo, barrier
+from .distributed import DistInfo, barrier, broadcast_buffers
 from .evaluate import evaluate, precise_bn
 from .job import Job, StopRequested, finished_summary, run_fit
 from .loop import SignalStop, StepOptions, train_one_epoch
@@ -110,6 +110,7 @@ class _Job(Job):
     def validate(self) -> dict[str, Any]:
         """Evaluate (after precise BN) and export the best weights; the ``val_*`` entries."""
         cfg, parts = self.cfg, self.parts
+        broadcast_buffers(parts.model)  # the statistics rank 0 checkpoints
         kw = {"amp": cfg.run.amp, "channels_last": cfg.run.channels_last}
         if cfg.run.precise_bn_batches:
             precise_bn(parts.model, self.data.train, cfg.run.precise_bn_batches, parts.device,
