@@ -61,7 +61,9 @@ def elementwise(m64, x, g, training, name: str) -> np.ndarray:
 def running_stats(m64, x: np.ndarray) -> tuple[float, float]:
     """The spatial BatchNorm's running mean and variance after one training step on x."""
     ch, sp = m64.channel, m64.spatial
-    s = ref.spatial_logits(x * ref.channel_gate(x, ch, ch.pool_types), sp)
+    if m64.arrangement == "channel-spatial":  # the spatial gate sees x * Mc(x)
+        x = x * ref.channel_gate(x, ch, ch.pool_types)
+    s = ref.spatial_logits(x, sp)
     bn, mom = sp.bn, sp.bn.momentum
     rm, rv = ref.arr(bn.running_mean)[0], ref.arr(bn.running_var)[0]
     return (1 - mom) * rm + mom * s.mean(), (1 - mom) * rv + mom * s.var(ddof=1)

@@ -94,7 +94,7 @@ def _check(m, x, calls, *, rtol=1e-4, out_tol=1e-5):
     err = abs(ref.arr(y) - want).max()
     assert err <= out_tol * abs(want).max(), err
     fd.directional(m64, xd, gd, train, grads, rtol=rtol)
-    bn = m.spatial.bn
+    bn = None if m.spatial is None else m.spatial.bn
     if train and bn is not None:
         rm, rv = fd.running_stats(m64, xd)
         tol = LOW.get(bn.running_mean.dtype, 1e-4)  # the buffers' own rounding
@@ -138,6 +138,48 @@ def test_pool_subsets_match_reference(pools, calls):
     _check(_module(8, reduction=2, pool_types=pools), _x(2, 8, 4, 4), calls)
 
 
+ARRANGED = [{"arrangement": "spatial-channel"}, {"arrangement": "parallel"}, {"spatial": False}]
+
+
+@pytest.mark.parametrize("fmt", FMTS, ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kwargs", ARRANGED, ids=["spatial-channel", "parallel", "channel"])
+def test_other_arrangements_and_the_channel_gate_alone_match_reference(kwargs, train, fmt, calls):
+    m = _module(16, train=train, reduction=4, kernel_size=3, **kwargs)
+    _check(m, _x(2, 16, 5, 6, fmt=fmt), calls)
+
+
+@pytest.mark.parametrize("pools", [("avg",), ("max",)])
+@pytest.mark.parametrize("arrangement", ["spatial-channel", "parallel"])
+def test_other_arrangements_with_one_pool_and_a_conv_bias(arrangement, pools, calls):
+    m = _module(8, reduction=2, arrangement=arrangement, pool_types=pools, spatial_norm=False)
+    _check(m, _x(2, 8, 4, 3), calls)
+
+
+class _Holder(torch.nn.Module):
+    """A channel gate as the reference reads it: ``channel`` and no spatial gate."""
+
+    def __init__(self, channel):
+        super().__init__()
+        self.channel, self.spatial, self.arrangement = channel, None, "channel-spatial"
+
+
+@pytest.mark.parametrize("cls", [ChannelAttention, SqueezeExcite])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_channel_attention_and_se_match_reference(cls, dtype, calls):
+    m = ref.randomize_(cls(8, reduction=2, impl="fused")).to(DEV)
+    x = _x(2, 8, 4, 5) if dtype == torch.float32 else _distinct(2, 8, 4, 5, dtype=dtype)
+    tol = LOW.get(dtype, 1e-5)
+    held = _Holder(copy.deepcopy(m).cpu().double())
+    g = _x(*x.shape, dtype=dtype, seed=7)
+    y, grads = _step(m, x, g)
+    assert calls == {"forward": 1, "backward": 1} and y.dtype == dtype
+    want = ref.cbam(ref.arr(x), held)
+    assert abs(ref.arr(y) - want).max() <= tol * abs(want).max()
+    grads = {k if k == "x" else f"channel.{k}": v for k, v in grads.items()}
+    fd.directional(held, ref.arr(x), ref.arr(g), True, grads, rtol=max(tol, 1e-4))
+
+
 @pytest.mark.parametrize("params", ["float32", "same"], ids=["f32-params", "low-params"])
 @pytest.mark.parametrize("fmt", FMTS, ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", list(LOW), ids=["bf16", "fp16"])
@@ -173,11 +215,10 @@ def test_auto_and_inference_run_the_kernels_forward_only(calls):
     assert calls == {"forward": 1, "backward": 0}
 
 
-UNCOVERED = [({"arrangement": "spatial-channel"}, None), ({"arrangement": "parallel"}, None),
-             ({"spatial": False}, None), ({"pool_types": ("avg", "lp")}, None),
-             ({"pool_types": ("lse",)}, None), ({"spatial_pooling": "conv1x1"}, None),
-             ({}, torch.float64), ({}, "strided")]  # fmt: skip
-NAMES = ["spatial-channel", "parallel", "channel-only", "lp", "lse", "conv1x1", "f64", "strided"]
+UNCOVERED = [({"pool_types": ("avg", "lp")}, None), ({"pool_types": ("lse",)}, None),
+             ({"spatial_pooling": "conv1x1"}, None), ({"spatial": False, "pool_types": ("lp",)},
+             None), ({}, torch.float64), ({}, "strided")]  # fmt: skip
+NAMES = ["lp", "lse", "conv1x1", "channel-lp", "f64", "strided"]
 
 
 @pytest.mark.parametrize("kwargs,x", UNCOVERED, ids=NAMES)
@@ -189,15 +230,6 @@ def test_uncovered_cases_fall_back_to_eager(kwargs, x, calls):
     want = copy.deepcopy(m)
     want.impl = "eager"
     torch.testing.assert_close(m(x), want(x))
-    assert calls["forward"] == 0
-
-
-@pytest.mark.parametrize("cls", [ChannelAttention, SqueezeExcite])
-def test_channel_gate_alone_runs_eager(cls, calls):
-    m = ref.randomize_(cls(8, reduction=2, impl="fused")).to(DEV)
-    x = _x(2, 8, 4, 4)
-    assert triton_unsupported(m, x) is not None
-    torch.testing.assert_close(m(x), x * m.gate(x))
     assert calls["forward"] == 0
 
 
@@ -224,28 +256,37 @@ def test_saves_only_small_tensors_besides_the_input(calls):
     assert all(t.numel() <= small for t in saved if t.data_ptr() not in keep)
 
 
+CODES = {"channel-spatial": 1, "spatial-channel": 2, "parallel": 3}
+
+
 def _op_args(m, x):
     fc1, fc2, sp = m.channel.fc1, m.channel.fc2, m.spatial
+    if sp is None:
+        return (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, None, None, None, None, None,
+                None, True, True, 0, 0, 0.0)  # fmt: skip
     bn = sp.bn
-    return (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, sp.conv.weight, None,
-            bn.weight, bn.bias, None, None, True, True, 2, bn.eps)  # fmt: skip
+    return (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, sp.conv.weight, None, bn.weight,
+            bn.bias, None, None, True, True, CODES[m.arrangement], 2, bn.eps)  # fmt: skip
 
 
-def test_fake_kernel_gives_shapes_without_running_the_kernels(calls):
+@pytest.mark.parametrize("kwargs", [{}, {"spatial": False}], ids=["cbam", "channel"])
+def test_fake_kernel_gives_shapes_without_running_the_kernels(kwargs, calls):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    m = _module(16, reduction=4)
+    m = _module(16, reduction=4, **kwargs)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         x = mode.from_tensor(_x(2, 16, 5, 6, fmt=CL))
         out = torch.ops.convattn.triton_cbam_forward(*_op_args(m, x))
     assert out[0].shape == x.shape and out[0].stride() == x.stride()
-    assert [tuple(t.shape) for t in out[1:7]] == [(2, 16), (2, 2, 16), (2, 16), (2, 2, 30),
-                                                  (2, 30), (2, 30)]  # fmt: skip
+    maps = [(2, 2, 30), (2, 30), (2, 30)] if not kwargs else [(1,), (1,), (1,)]
+    assert [tuple(t.shape) for t in out[1:7]] == [(2, 16), (2, 2, 16), (2, 16), *maps]
     assert out[3].dtype == torch.int32 and out[5].dtype == torch.int32
 
 
-def test_opcheck_passes(calls):
-    m = _module(8, reduction=2)
+@pytest.mark.parametrize("kwargs", [{}, {"arrangement": "spatial-channel"}, {"spatial": False}],
+                         ids=["cbam", "spatial-channel", "channel"])  # fmt: skip
+def test_opcheck_passes(kwargs, calls):
+    m = _module(8, reduction=2, **kwargs)
     x = _x(2, 8, 4, 4).requires_grad_()
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")  # aot: below
     torch.library.opcheck(torch.ops.convattn.triton_cbam_forward, _op_args(m, x), test_utils=tests)

@@ -1,6 +1,7 @@
 """Fused CPU kernels for CBAM and its channel gate (SE included), optionally with the
 residual block around it: the last BatchNorm before it and the residual addition and ReLU
-after it; on CUDA, Triton kernels for CBAM (:mod:`.triton`, which says what they cover).
+after it; on CUDA, Triton kernels for CBAM and SE (:mod:`.triton`, which says what they
+cover).
 
 Paper: Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module", ECCV 2018,
 https://arxiv.org/abs/1807.06521. The math is that of :mod:`convattn.layers`; only the

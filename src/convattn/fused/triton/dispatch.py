@@ -10,8 +10,8 @@ import os
 import torch
 from torch import nn
 
-from ...layers import CBAM
-from ..dispatch import _batchnorm_unsupported, _bn_plan, _eager_only
+from ...layers import CBAM, ChannelAttention
+from ..dispatch import _CODES, _batchnorm_unsupported, _bn_plan, _eager_only
 
 __all__ = ["FORCE_CPU_ENV", "run_triton", "triton_target", "triton_unsupported"]
 
@@ -53,10 +53,20 @@ def triton_target(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" or (x.device.type == "cpu" and _triton_on_cpu())
 
 
+def _parts(module: CBAM | ChannelAttention) -> tuple[ChannelAttention, nn.Module | None, int]:
+    """The channel gate, the spatial gate (``None``: the channel gate alone, as SE) and
+    the operators' arrangement code (0 for the channel gate alone)."""
+    if isinstance(module, ChannelAttention):
+        return module, None, 0
+    if module.spatial is None:
+        return module.channel, None, 0
+    return module.channel, module.spatial, _CODES[module.arrangement]
+
+
 def triton_unsupported(module: nn.Module, x: torch.Tensor) -> str | None:
     """Why the Triton kernels cannot run ``module`` on ``x``, or ``None`` when they can."""
-    if not isinstance(module, CBAM):
-        return f"{type(module).__name__} (Triton: CBAM)"
+    if not isinstance(module, CBAM | ChannelAttention):
+        return f"{type(module).__name__} (Triton: CBAM, channel attention, SE)"
     if _eager_only():
         return "tracing, scripting, exporting or a functorch transform"
     if not triton_available():
@@ -69,16 +79,16 @@ def triton_unsupported(module: nn.Module, x: torch.Tensor) -> str | None:
         return "empty input or 2**31 elements and more"
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         return "input neither contiguous nor channels_last"
-    if module.spatial is None or module.arrangement != "channel-spatial":
-        return "channel gate alone or another arrangement (Triton: channel-spatial)"
-    if not set(module.channel.pool_types) <= _POOLS:
-        return f"pool types {module.channel.pool_types} (Triton: avg, max)"
-    spatial = module.spatial
-    if spatial.compress is not None:
-        return "conv1x1 spatial pooling"
+    channel, spatial, _ = _parts(module)
+    if not set(channel.pool_types) <= _POOLS:
+        return f"pool types {channel.pool_types} (Triton: avg, max)"
     tensors = [*module.parameters(), *module.buffers()]
     if any(t.device != x.device or not t.is_floating_point() for t in tensors if t.dim()):
         return "parameters on another device or not floating point"
+    if spatial is None:
+        return None
+    if spatial.compress is not None:
+        return "conv1x1 spatial pooling"
     if spatial.bn is not None:
         if type(spatial.bn) is not nn.BatchNorm2d:
             return f"{type(spatial.bn).__name__} in the spatial gate (Triton: nn.BatchNorm2d)"
@@ -114,8 +124,10 @@ def run_triton(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         return None
     from . import ops  # imports Triton: only once a CBAM runs here
 
-    channel, spatial = module.channel, module.spatial
-    fc1, fc2, bn = channel.fc1, channel.fc2, spatial.bn
+    channel, spatial, arrangement = _parts(module)
+    fc1, fc2 = channel.fc1, channel.fc2
+    bn = None if spatial is None else spatial.bn
+    conv = (None, None) if spatial is None else (spatial.conv.weight, spatial.conv.bias)
     mode, stats, factor, update = 0, (None, None, None, None), 0.0, False
     if bn is not None:
         batch_stats, factor, update = _bn_plan(bn)
@@ -126,9 +138,8 @@ def run_triton(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     pools = channel.pool_types
     with torch.autocast(x.device.type, enabled=False):  # the op computes in float32
         y, *_, batch = ops.cbam_forward(
-            _canonical(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias, spatial.conv.weight,
-            spatial.conv.bias, *stats, "avg" in pools, "max" in pools, mode,
-            0.0 if bn is None else bn.eps,
+            _canonical(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias, *conv, *stats,
+            "avg" in pools, "max" in pools, arrangement, mode, 0.0 if bn is None else bn.eps,
         )  # fmt: skip
     if update:
         with torch.no_grad():  # running = (1 - factor) running + factor batch

@@ -1,4 +1,5 @@
-"""Triton kernels of CBAM's forward and backward passes (channel-spatial arrangement).
+"""Triton kernels of the forward and backward passes of CBAM (every arrangement) and of
+the channel gate alone (SE).
 
 Paper: Woo, Park, Lee, Kweon, "CBAM: Convolutional Block Attention Module", ECCV 2018,
 https://arxiv.org/abs/1807.06521, Eq. (1)-(3). The math is that of
@@ -8,8 +9,19 @@ Every kernel addresses an (N, C, H, W) tensor as ``n * s_n + c * s_c + p * s_p``
 ``p = h * W + w`` (valid for contiguous and channels_last tensors with canonical strides),
 loads the input's dtype and accumulates in float32. Small maps, of N*C or N*H*W values,
 are dense float32: ``mc`` (N, C), ``maps`` (N, 2, H*W) as [max; mean], ``s`` (N, H*W),
-``stats`` = [A, B, mean, invstd] of the spatial gate ``sigmoid(A * s + B)``. Maxima send
-their gradient to the first maximal element (their argmax indices are int32).
+``stats`` = [A, B, mean, invstd] of the spatial gate ``ms = sigmoid(A * s + B)``, ``gv``
+(2, N, C) the gradients of the pooled [avg; max] vectors. Maxima send their gradient to
+the first maximal element (their argmax indices are int32).
+
+Every arrangement computes ``y = x * mc * ms``; they differ in what the pools read:
+channel-spatial pools ``x * mc`` over channels, spatial-channel pools ``x * ms`` over
+positions, parallel pools ``x`` for both. With ``V`` the gradient reaching x through the
+pooled vectors (``gavg / HW`` and ``gmax`` at the argmax position) and ``M`` that through
+the pooling maps (``gmean / C`` and ``gmax`` at the argmax channel):
+``gx = g mc ms + V (ms if spatial-channel) + M (mc if channel-spatial)``,
+``gmc = sum_p x (g ms + M if channel-spatial)`` and
+``gz = ms (1 - ms) sum_c x (g mc + V if spatial-channel)``, z the gate's logit.
+The flags are compile-time constants: ``HAS_MS`` (a spatial gate), ``CS`` and ``SC``.
 """
 
 from __future__ import annotations
@@ -30,9 +42,19 @@ __all__ = [
 
 
 @triton.jit
-def pool_positions(x_ptr, avg_ptr, max_ptr, idx_ptr, C, HW, s_n, s_c, s_p,
-                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    """Per (n, channel block): mean, max and first argmax of x over the positions."""
+def _gate(s_ptr, stats_ptr, n, p, HW):
+    """The spatial gate sigmoid(A * s + B) at positions p of sample n (0 outside)."""
+    a, b = tl.load(stats_ptr), tl.load(stats_ptr + 1)
+    pm = p < HW
+    return tl.where(pm, tl.sigmoid(a * tl.load(s_ptr + n * HW + p, mask=pm, other=0.0) + b), 0.0)
+
+
+@triton.jit
+def pool_positions(x_ptr, s_ptr, stats_ptr, avg_ptr, max_ptr, idx_ptr, C, HW, s_n, s_c,
+                   s_p, SC: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_P: tl.constexpr):  # fmt: skip
+    """Per (n, channel block): mean, max and first argmax over the positions of x
+    (of x * ms with ``SC``)."""
     n, cb = tl.program_id(0), tl.program_id(1)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
@@ -44,6 +66,8 @@ def pool_positions(x_ptr, avg_ptr, max_ptr, idx_ptr, C, HW, s_n, s_c, s_p,
         p = p0 + tl.arange(0, BLOCK_P)
         m = cm[:, None] & (p < HW)[None, :]
         v = tl.load(base + p[None, :] * s_p, mask=m, other=0.0).to(tl.float32)
+        if SC:
+            v = v * _gate(s_ptr, stats_ptr, n, p, HW)[None, :]
         total += v
         v = tl.where(m, v, float("-inf"))
         better = v > best  # strict: each lane keeps its first maximum
@@ -58,9 +82,10 @@ def pool_positions(x_ptr, avg_ptr, max_ptr, idx_ptr, C, HW, s_n, s_c, s_p,
 
 
 @triton.jit
-def pool_channels(x_ptr, mc_ptr, maps_ptr, idx_ptr, C, HW, s_n, s_c, s_p,
+def pool_channels(x_ptr, mc_ptr, maps_ptr, idx_ptr, C, HW, s_n, s_c, s_p, CS: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    """Per (n, position block): max (first argmax) and mean over channels of x * mc."""
+    """Per (n, position block): max (first argmax) and mean over channels of x
+    (of x * mc with ``CS``)."""
     n, pb = tl.program_id(0), tl.program_id(1)
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = p < HW
@@ -71,8 +96,9 @@ def pool_channels(x_ptr, mc_ptr, maps_ptr, idx_ptr, C, HW, s_n, s_c, s_p,
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         m = (c < C)[:, None] & pm[None, :]
-        g = tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)
-        v = tl.load(base + c[:, None] * s_c, mask=m, other=0.0).to(tl.float32) * g[:, None]
+        v = tl.load(base + c[:, None] * s_c, mask=m, other=0.0).to(tl.float32)
+        if CS:
+            v = v * tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
         total += v
         v = tl.where(m, v, float("-inf"))
         better = v > best
@@ -133,33 +159,47 @@ def conv_weight_grad(gs_ptr, maps_ptr, part_ptr, N, H, W, K: tl.constexpr,
 
 
 @triton.jit
-def _gate(s_ptr, stats_ptr, idx):
-    """The spatial gate sigmoid(A * s + B) at flat map positions ``idx``."""
-    a, b = tl.load(stats_ptr), tl.load(stats_ptr + 1)
-    return tl.sigmoid(a * tl.load(s_ptr + idx, mask=idx >= 0, other=0.0) + b)
-
-
-@triton.jit
 def scale(x_ptr, y_ptr, mc_ptr, s_ptr, stats_ptr, C, HW, s_n, s_c, s_p,
-          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    """y = x * mc[n, c] * sigmoid(A * s[n, p] + B), per (n, channel block, position block)."""
+          HAS_MS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """y = x * mc[n, c] (* ms[n, p] with ``HAS_MS``), per (n, channel block, position block)."""
     n, cb, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m = (c < C)[:, None] & (p < HW)[None, :]
     off = n.to(tl.int64) * s_n + c[:, None] * s_c + p[None, :] * s_p
     x = tl.load(x_ptr + off, mask=m, other=0.0)
-    mc = tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)
-    ms = _gate(s_ptr, stats_ptr, tl.where(p < HW, n * HW + p, -1))
-    y = x.to(tl.float32) * mc[:, None] * ms[None, :]
+    y = x.to(tl.float32) * tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
+    if HAS_MS:
+        y = y * _gate(s_ptr, stats_ptr, n, p, HW)[None, :]
     tl.store(y_ptr + off, y.to(x.dtype), mask=m)
 
 
 @triton.jit
-def grad_spatial(g_ptr, x_ptr, mc_ptr, s_ptr, stats_ptr, gz_ptr, C, HW, s_n, s_c, s_p,
-                 BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+def _v_term(gv_ptr, idx_hw_ptr, N, n, c, p, C, HW):
+    """V: the gradient at (c, p) through the pooled vectors, gavg / HW + gmax at argmax."""
+    cm = c < C
+    gavg = tl.load(gv_ptr + n * C + c, mask=cm, other=0.0)
+    gmax = tl.load(gv_ptr + N * C + n * C + c, mask=cm, other=0.0)
+    top = tl.load(idx_hw_ptr + n * C + c, mask=cm, other=-1)
+    return gavg[:, None] / HW + tl.where(p[None, :] == top[:, None], gmax[:, None], 0.0)
+
+
+@triton.jit
+def _m_term(gmaps_ptr, idx_c_ptr, n, c, p, C, HW):
+    """M: the gradient at (c, p) through the pooling maps, gmean / C + gmax at argmax."""
+    pm = p < HW
+    gmax = tl.load(gmaps_ptr + n * 2 * HW + p, mask=pm, other=0.0)
+    gmean = tl.load(gmaps_ptr + n * 2 * HW + HW + p, mask=pm, other=0.0)
+    top = tl.load(idx_c_ptr + n * HW + p, mask=pm, other=-1)
+    return gmean[None, :] / C + tl.where(c[:, None] == top[None, :], gmax[None, :], 0.0)
+
+
+@triton.jit
+def grad_spatial(g_ptr, x_ptr, mc_ptr, s_ptr, stats_ptr, gv_ptr, idx_hw_ptr, gz_ptr, N, C,
+                 HW, s_n, s_c, s_p, SC: tl.constexpr, BLOCK_C: tl.constexpr,
+                 BLOCK_P: tl.constexpr):  # fmt: skip
     """Per (n, position block): the gradient of the gate's logit z = A s + B,
-    ``gz = ms (1 - ms) sum_c g * x * mc``."""
+    ``gz = ms (1 - ms) sum_c x (g mc + V if SC)``."""
     n, pb = tl.program_id(0), tl.program_id(1)
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = p < HW
@@ -171,29 +211,19 @@ def grad_spatial(g_ptr, x_ptr, mc_ptr, s_ptr, stats_ptr, gz_ptr, C, HW, s_n, s_c
         off = base + c[:, None] * s_c
         g = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
-        mc = tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)
-        acc += g * x * mc[:, None]
-    ms = _gate(s_ptr, stats_ptr, tl.where(pm, n * HW + p, -1))
+        gx1 = g * tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
+        if SC:
+            gx1 += _v_term(gv_ptr, idx_hw_ptr, N, n, c, p, C, HW)
+        acc += tl.where(m, gx1 * x, 0.0)
+    ms = _gate(s_ptr, stats_ptr, n, p, HW)
     tl.store(gz_ptr + n * HW + p, tl.sum(acc, 0) * ms * (1.0 - ms), mask=pm)
 
 
 @triton.jit
-def _grad_x1(g_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, n, c, p, m, off, C, HW):
-    """Gradient at x1 = x * mc: g * ms + gmean / C + gmax where c is the first argmax."""
-    pm = p < HW
-    g = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
-    ms = _gate(s_ptr, stats_ptr, tl.where(pm, n * HW + p, -1))
-    gmax = tl.load(gmaps_ptr + n * 2 * HW + p, mask=pm, other=0.0)
-    gmean = tl.load(gmaps_ptr + n * 2 * HW + HW + p, mask=pm, other=0.0)
-    top = tl.load(idx_c_ptr + n * HW + p, mask=pm, other=-1)
-    hit = c[:, None] == top[None, :]
-    return g * ms[None, :] + gmean[None, :] / C + tl.where(hit, gmax[None, :], 0.0)
-
-
-@triton.jit
 def grad_mc(g_ptr, x_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, gmc_ptr, C, HW,
-            s_n, s_c, s_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    """Per (n, channel block): the channel gate's gradient ``sum_p grad_x1 * x``."""
+            s_n, s_c, s_p, HAS_MS: tl.constexpr, CS: tl.constexpr, BLOCK_C: tl.constexpr,
+            BLOCK_P: tl.constexpr):  # fmt: skip
+    """Per (n, channel block): the channel gate's gradient ``sum_p x (g ms + M if CS)``."""
     n, cb = tl.program_id(0), tl.program_id(1)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     base = n.to(tl.int64) * s_n + c[:, None] * s_c
@@ -202,28 +232,35 @@ def grad_mc(g_ptr, x_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, gmc_ptr, C, HW
         p = p0 + tl.arange(0, BLOCK_P)
         m = (c < C)[:, None] & (p < HW)[None, :]
         off = base + p[None, :] * s_p
-        gx1 = _grad_x1(g_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, n, c, p, m, off, C, HW)
-        acc += gx1 * tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+        gx1 = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
+        if HAS_MS:
+            gx1 = gx1 * _gate(s_ptr, stats_ptr, n, p, HW)[None, :]
+        if CS:
+            gx1 += _m_term(gmaps_ptr, idx_c_ptr, n, c, p, C, HW)
+        acc += tl.where(m, gx1 * tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32), 0.0)
     tl.store(gmc_ptr + n * C + c, tl.sum(acc, 1), mask=c < C)
 
 
 @triton.jit
 def grad_x(g_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, mc_ptr, gv_ptr, idx_hw_ptr,
-           gx_ptr, N, C, HW, s_n, s_c, s_p, BLOCK_C: tl.constexpr,
-           BLOCK_P: tl.constexpr):  # fmt: skip
-    """gx = grad_x1 * mc + gavg / HW + gmax at the first argmax over positions;
-    ``gv`` is (2, N, C): the gradients of the pooled avg and max vectors."""
+           gx_ptr, N, C, HW, s_n, s_c, s_p, HAS_MS: tl.constexpr, CS: tl.constexpr,
+           SC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """gx = g mc ms + V (ms if SC) + M (mc if CS), M only with ``HAS_MS``."""
     n, cb, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    cm = c < C
-    m = cm[:, None] & (p < HW)[None, :]
+    m = (c < C)[:, None] & (p < HW)[None, :]
     off = n.to(tl.int64) * s_n + c[:, None] * s_c + p[None, :] * s_p
-    gx1 = _grad_x1(g_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, n, c, p, m, off, C, HW)
-    mc = tl.load(mc_ptr + n * C + c, mask=cm, other=0.0)
-    gavg = tl.load(gv_ptr + n * C + c, mask=cm, other=0.0)
-    gmax = tl.load(gv_ptr + N * C + n * C + c, mask=cm, other=0.0)
-    top = tl.load(idx_hw_ptr + n * C + c, mask=cm, other=-1)
-    gx = gx1 * mc[:, None] + gavg[:, None] / HW
-    gx += tl.where(p[None, :] == top[:, None], gmax[:, None], 0.0)
+    mc = tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
+    gx = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32) * mc
+    v = _v_term(gv_ptr, idx_hw_ptr, N, n, c, p, C, HW)
+    if HAS_MS:
+        ms = _gate(s_ptr, stats_ptr, n, p, HW)[None, :]
+        if SC:
+            v = v * ms
+        mt = _m_term(gmaps_ptr, idx_c_ptr, n, c, p, C, HW)
+        if CS:
+            mt = mt * mc
+        gx = gx * ms + mt
+    gx += v
     tl.store(gx_ptr + off, gx, mask=m)  # stored in gx's dtype

@@ -78,33 +78,32 @@ def _gate_stats(s: Tensor, conv_b, bn_w, bn_b, rm, rv, mode: int, eps: float):
     return torch.stack([a, beta - mean * a, mean, invstd]), batch
 
 
-@torch.library.custom_op("convattn::triton_cbam_forward", mutates_args=())
-def cbam_forward(
-    x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_w: Tensor,
-    conv_b: Tensor | None, bn_w: Tensor | None, bn_b: Tensor | None,
-    running_mean: Tensor | None, running_var: Tensor | None,
-    use_avg: bool, use_max: bool, mode: int, eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """CBAM (channel then spatial) on ``x`` with canonical strides: returns
-    ``(y, mc, v, idx_hw, maps, idx_c, s, stats, batch)``: the output, the channel gate
-    (N, C), the pooled vectors used (P, N, C), their argmax over positions (N, C), the
-    spatial pooling maps (N, 2, H*W), their argmax over channels (N, H*W), the spatial
-    logits before normalisation (N, H*W), the gate's [A, B, mean, invstd] and the batch's
-    [mean, unbiased variance] of the logits."""
+def _placeholder(x: Tensor, dtype: torch.dtype = F32) -> Tensor:
+    """A one-element stand-in for a map the channel gate alone does not have."""
+    return x.new_zeros(1, dtype=dtype)
+
+
+def _pool_positions(x: Tensor, s: Tensor, stats: Tensor, sc: bool) -> tuple[Tensor, ...]:
+    """avg, max and argmax over positions of x (of x * ms with ``sc``), each (N, C)."""
     n, c, hw, s_n, s_c, s_p = _geometry(x)
     bc, bp = _tiles(x)
     avg, top = x.new_empty((n, c), dtype=F32), x.new_empty((n, c), dtype=F32)
     idx_hw = x.new_empty((n, c), dtype=torch.int32)
     K.pool_positions[(n, triton.cdiv(c, bc))](
-        x, avg, top, idx_hw, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
+        x, s, stats, avg, top, idx_hw, c, hw, s_n, s_c, s_p, SC=sc, BLOCK_C=bc, BLOCK_P=bp
     )
-    v = torch.stack([t for t, used in ((avg, use_avg), (top, use_max)) if used])
-    params = [t.to(F32) for t in (w1, b1, w2, b2)]
-    mc = torch.sigmoid(_mlp(v, *params))  # (N, C)
+    return avg, top, idx_hw
+
+
+def _spatial(x: Tensor, mc: Tensor, cs: bool, conv_w, conv_b, bn, mode: int, eps: float):
+    """The spatial gate's maps, their argmax, its logits, [A, B, mean, invstd] and the
+    batch's statistics; the maps pool x over channels (x * mc with ``cs``)."""
+    n, c, hw, s_n, s_c, s_p = _geometry(x)
+    bc, bp = _tiles(x)
     maps = x.new_empty((n, 2, hw), dtype=F32)
     idx_c = x.new_empty((n, hw), dtype=torch.int32)
     K.pool_channels[(n, triton.cdiv(hw, bp))](
-        x, mc, maps, idx_c, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
+        x, mc, maps, idx_c, c, hw, s_n, s_c, s_p, CS=cs, BLOCK_C=bc, BLOCK_P=bp
     )
     s = x.new_empty((n, hw), dtype=F32)
     k, taps, bpc = _conv_tiles(conv_w, hw)
@@ -112,23 +111,57 @@ def cbam_forward(
         maps, conv_w.to(F32).contiguous(), s, x.shape[2], x.shape[3],
         CIN=2, COUT=1, K=k, TAPS=taps, BLOCK_P=bpc,
     )  # fmt: skip
-    stats, batch = _gate_stats(s, conv_b, bn_w, bn_b, running_mean, running_var, mode, eps)
+    return maps, idx_c, s, *_gate_stats(s, conv_b, *bn, mode, eps)
+
+
+@torch.library.custom_op("convattn::triton_cbam_forward", mutates_args=())
+def cbam_forward(
+    x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_w: Tensor | None,
+    conv_b: Tensor | None, bn_w: Tensor | None, bn_b: Tensor | None,
+    running_mean: Tensor | None, running_var: Tensor | None,
+    use_avg: bool, use_max: bool, arrangement: int, mode: int, eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """CBAM on ``x`` with canonical strides (``arrangement``: 0 the channel gate alone,
+    1 channel-spatial, 2 spatial-channel, 3 parallel):
+    returns ``(y, mc, v, idx_hw, maps, idx_c, s, stats, batch)``: the output, the channel
+    gate (N, C), the pooled vectors used (P, N, C), their argmax over positions (N, C),
+    the spatial pooling maps (N, 2, H*W), their argmax over channels (N, H*W), the spatial
+    logits before normalisation (N, H*W), the gate's [A, B, mean, invstd] and the batch's
+    [mean, unbiased variance] of the logits (the channel gate alone: one-element maps,
+    logits and argmax, stats [1, 0, 0, 1] and zero batch statistics)."""
+    n, c, hw, s_n, s_c, s_p = _geometry(x)
+    bc, bp = _tiles(x)
+    params = [t.to(F32) for t in (w1, b1, w2, b2)]
+    bn = (bn_w, bn_b, running_mean, running_var)
+    maps, idx_c, s = _placeholder(x), _placeholder(x, torch.int32), _placeholder(x)
+    stats, batch = _gate_stats(s, None, None, None, None, None, 0, 0.0)
+    if arrangement == 2:  # spatial first: the pools over positions read x * ms
+        maps, idx_c, s, stats, batch = _spatial(x, s, False, conv_w, conv_b, bn, mode, eps)
+    avg, top, idx_hw = _pool_positions(x, s, stats, arrangement == 2)
+    v = torch.stack([t for t, used in ((avg, use_avg), (top, use_max)) if used])
+    mc = torch.sigmoid(_mlp(v, *params))  # (N, C)
+    if arrangement in (1, 3):
+        maps, idx_c, s, stats, batch = _spatial(
+            x, mc, arrangement == 1, conv_w, conv_b, bn, mode, eps
+        )
     y = torch.empty_like(x)
     K.scale[(n, triton.cdiv(c, bc), triton.cdiv(hw, bp))](
-        x, y, mc, s, stats, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
-    )
+        x, y, mc, s, stats, c, hw, s_n, s_c, s_p, HAS_MS=arrangement != 0,
+        BLOCK_C=bc, BLOCK_P=bp,
+    )  # fmt: skip
     return y, mc, v, idx_hw, maps, idx_c, s, stats, batch
 
 
 @cbam_forward.register_fake
 def _fake_forward(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, running_mean, running_var,
-                  use_avg, use_max, mode, eps):  # fmt: skip
+                  use_avg, use_max, arrangement, mode, eps):  # fmt: skip
     n, c, h, w = x.shape
     i32, pools = torch.int32, int(use_avg) + int(use_max)
+    maps, hw = ((n, 2, h * w), (n, h * w)) if arrangement else ((1,), (1,))
     return (
         torch.empty_like(x), x.new_empty((n, c), dtype=F32), x.new_empty((pools, n, c), dtype=F32),
-        x.new_empty((n, c), dtype=i32), x.new_empty((n, 2, h * w), dtype=F32),
-        x.new_empty((n, h * w), dtype=i32), x.new_empty((n, h * w), dtype=F32),
+        x.new_empty((n, c), dtype=i32), x.new_empty(maps, dtype=F32),
+        x.new_empty(hw, dtype=i32), x.new_empty(hw, dtype=F32),
         x.new_empty(4, dtype=F32), x.new_empty(2, dtype=F32),
     )  # fmt: skip
 
@@ -154,26 +187,15 @@ def _mlp_backward(glog: Tensor, v: Tensor, w1: Tensor, b1: Tensor, w2: Tensor):
     return gpre @ w1, gw1, gpre.sum((0, 1)), gw2, glog.sum(0) * v.shape[0]
 
 
-@torch.library.custom_op("convattn::triton_cbam_backward", mutates_args=())
-def cbam_backward(
-    g: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, conv_w: Tensor,
-    mc: Tensor, v: Tensor, idx_hw: Tensor, maps: Tensor, idx_c: Tensor, s: Tensor,
-    stats: Tensor, use_avg: bool, use_max: bool, mode: int, need_gx: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Gradients of :func:`cbam_forward` from ``g`` (x's strides): ``(x, W0, b0, W1, b1,
-    conv weight, gate bias (conv bias or BatchNorm bias), BatchNorm weight)``; the input's
-    is empty without ``need_gx``."""
-    n, c, hw, s_n, s_c, s_p = _geometry(x)
-    bc, bp = _tiles(x)
-    gz = x.new_empty((n, hw), dtype=F32)
-    K.grad_spatial[(n, triton.cdiv(hw, bp))](
-        g, x, mc, s, stats, gz, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
-    )
+def _spatial_backward(x, gz, s, stats, maps, conv_w, mode: int):
+    """From the gate logit's gradient: that of the pooling maps (N, 2, H*W), of the conv
+    weight and of the gate's bias and weight."""
+    n = x.shape[0]
     gs, g_beta, g_gamma = _gate_backward(gz, s, stats, mode)
-    k, taps, bpc = _conv_tiles(conv_w, hw)
-    gmaps = x.new_empty((n, 2, hw), dtype=F32)  # transposed conv: flipped taps
+    k, taps, bpc = _conv_tiles(conv_w, s.shape[1])
+    gmaps = torch.empty_like(maps)  # transposed conv: flipped taps
     flipped = conv_w.to(F32).flip(-1, -2).transpose(0, 1).contiguous()  # (2, 1, k, k)
-    K.conv_kxk[(2 * n, triton.cdiv(hw, bpc))](
+    K.conv_kxk[(2 * n, triton.cdiv(s.shape[1], bpc))](
         gs, flipped, gmaps, x.shape[2], x.shape[3], CIN=1, COUT=2, K=k, TAPS=taps,
         BLOCK_P=bpc,
     )  # fmt: skip
@@ -181,39 +203,77 @@ def cbam_backward(
     K.conv_weight_grad[(2, n)](
         gs, maps, part, n, x.shape[2], x.shape[3], K=k, TAPS=taps, BLOCK_P=bpc
     )
-    gcw = part.sum(1)[:, : k * k]
+    gcw = part.sum(1)[:, : k * k].reshape(conv_w.shape).to(conv_w.dtype)
+    return gmaps, gcw, g_beta.reshape(1), g_gamma.reshape(1)
+
+
+def _pooled_grads(gv: Tensor, use_avg: bool, use_max: bool) -> Tensor:
+    """The pooled vectors' gradients (P, N, C) as (2, N, C) [avg; max], zeros if unused."""
+    zero = torch.zeros_like(gv[0])
+    rows = iter(gv.unbind())
+    return torch.stack([next(rows) if use_avg else zero, next(rows) if use_max else zero])
+
+
+@torch.library.custom_op("convattn::triton_cbam_backward", mutates_args=())
+def cbam_backward(
+    g: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+    conv_w: Tensor | None, mc: Tensor, v: Tensor, idx_hw: Tensor, maps: Tensor,
+    idx_c: Tensor, s: Tensor, stats: Tensor, use_avg: bool, use_max: bool,
+    arrangement: int, mode: int, need_gx: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Gradients of :func:`cbam_forward` from ``g`` (x's strides): ``(x, W0, b0, W1, b1,
+    conv weight, gate bias (conv bias or BatchNorm bias), BatchNorm weight)``; the input's
+    is empty without ``need_gx``, the spatial gate's are empty or zero without one."""
+    n, c, hw, s_n, s_c, s_p = _geometry(x)
+    bc, bp = _tiles(x)
+    geo = (c, hw, s_n, s_c, s_p)
+    has_ms, cs, sc = arrangement != 0, arrangement == 1, arrangement == 2
+    gmaps, gcw, g_beta, g_gamma = maps, x.new_empty(0), x.new_zeros(1), x.new_zeros(1)
+    gv2 = x.new_zeros((2, n, c), dtype=F32)
+
+    def spatial() -> tuple[Tensor, ...]:  # the gate's logit, then the maps' gradients
+        gz = x.new_empty((n, hw), dtype=F32)
+        K.grad_spatial[(n, triton.cdiv(hw, bp))](
+            g, x, mc, s, stats, gv2, idx_hw, gz, n, *geo, SC=sc, BLOCK_C=bc, BLOCK_P=bp
+        )
+        return _spatial_backward(x, gz, s, stats, maps, conv_w, mode)
+
+    if has_ms and not sc:  # channel-spatial, parallel: the spatial gate needs no gv
+        gmaps, gcw, g_beta, g_gamma = spatial()
     gmc = x.new_empty((n, c), dtype=F32)
     K.grad_mc[(n, triton.cdiv(c, bc))](
-        g, x, s, stats, gmaps, idx_c, gmc, c, hw, s_n, s_c, s_p, BLOCK_C=bc, BLOCK_P=bp
+        g, x, s, stats, gmaps, idx_c, gmc, *geo, HAS_MS=has_ms, CS=cs, BLOCK_C=bc, BLOCK_P=bp
     )
     w1f, b1f, w2f = w1.to(F32), b1.to(F32), w2.to(F32)
     gv, gw1, gb1, gw2, gb2 = _mlp_backward(gmc * mc * (1 - mc), v, w1f, b1f, w2f)
+    gv2 = _pooled_grads(gv, use_avg, use_max)
+    if sc:  # spatial-channel: the gate's gradient reaches x * ms through the pools too
+        gmaps, gcw, g_beta, g_gamma = spatial()
     gx = x.new_empty(0)
     if need_gx:
-        zero = x.new_zeros((n, c), dtype=F32)
-        rows = iter(gv.unbind())
-        gv2 = torch.stack([next(rows) if use_avg else zero, next(rows) if use_max else zero])
         gx = torch.empty_like(x)
         K.grad_x[(n, triton.cdiv(c, bc), triton.cdiv(hw, bp))](
-            g, s, stats, gmaps, idx_c, mc, gv2, idx_hw, gx, n, c, hw, s_n, s_c, s_p,
-            BLOCK_C=bc, BLOCK_P=bp,
+            g, s, stats, gmaps, idx_c, mc, gv2, idx_hw, gx, n, *geo, HAS_MS=has_ms, CS=cs,
+            SC=sc, BLOCK_C=bc, BLOCK_P=bp,
         )  # fmt: skip
     return (
-        gx, gw1.to(w1.dtype), gb1.to(b1.dtype), gw2.to(w2.dtype), gb2.to(b2.dtype),
-        gcw.reshape(conv_w.shape).to(conv_w.dtype), g_beta.reshape(1), g_gamma.reshape(1),
+        gx, gw1.to(w1.dtype), gb1.to(b1.dtype), gw2.to(w2.dtype), gb2.to(b2.dtype), gcw,
+        g_beta, g_gamma,
     )  # fmt: skip
 
 
 @cbam_backward.register_fake
 def _fake_backward(g, x, w1, b1, w2, b2, conv_w, mc, v, idx_hw, maps, idx_c, s, stats,
-                   use_avg, use_max, mode, need_gx):  # fmt: skip
+                   use_avg, use_max, arrangement, mode, need_gx):  # fmt: skip
     gx = torch.empty_like(x) if need_gx else x.new_empty(0)
-    grads = [torch.empty_like(t) for t in (w1, b1, w2, b2, conv_w)]
-    return gx, *grads, x.new_empty(1, dtype=F32), x.new_empty(1, dtype=F32)
+    grads = [torch.empty_like(t) for t in (w1, b1, w2, b2)]
+    gcw = x.new_empty(0) if conv_w is None else torch.empty_like(conv_w)
+    return gx, *grads, gcw, x.new_empty(1, dtype=F32), x.new_empty(1, dtype=F32)
 
 
 _FORWARD_ARGS = ("x", "w1", "b1", "w2", "b2", "conv_w", "conv_b", "bn_w", "bn_b",
-                 "running_mean", "running_var", "use_avg", "use_max", "mode", "eps")  # fmt: skip
+                 "running_mean", "running_var", "use_avg", "use_max", "arrangement", "mode",
+                 "eps")  # fmt: skip
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -223,7 +283,7 @@ def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         a["x"], a["w1"], a["b1"], a["w2"], a["b2"], a["conv_w"], mc, v, idx_hw, maps,
         idx_c, s, stats,
     )  # fmt: skip
-    ctx.options = (a["use_avg"], a["use_max"], a["mode"])
+    ctx.options = (a["use_avg"], a["use_max"], a["arrangement"], a["mode"])
     ctx.dtypes = {k: a[k].dtype for k in ("conv_b", "bn_w", "bn_b") if a[k] is not None}
     ctx.mark_non_differentiable(*output[1:])
 
@@ -231,9 +291,9 @@ def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
 def _backward(ctx: Any, gy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
     x, *rest = ctx.saved_tensors
     need = dict(zip(_FORWARD_ARGS, ctx.needs_input_grad, strict=True))
-    use_avg, use_max, mode = ctx.options
+    use_avg, use_max, arrangement, mode = ctx.options
     g = cbam_backward(
-        _grad_like_x(gy, x), x, *rest, use_avg, use_max, mode, need["x"]
+        _grad_like_x(gy, x), x, *rest, use_avg, use_max, arrangement, mode, need["x"]
     )  # looked up at call time, so tests can count the calls
     gx, gw1, gb1, gw2, gb2, gcw, g_beta, g_gamma = g
     bias = "conv_b" if mode == 0 else "bn_b"
