@@ -342,3 +342,17 @@ def test_channels_last_model_weights_still_run_fused(calls):
     fused.to(memory_format=CL)
     assert not fused.spatial.conv.weight.is_contiguous()
     _compare(eager, fused, _x(2, 16, 6, 5, fmt=CL), calls)
+
+
+@pytest.mark.parametrize("arrangement", ["channel-spatial", "spatial-channel", "channel-only"])
+def test_tied_maxima_send_the_gradient_to_the_first_as_eager_does(arrangement, calls):
+    # Values on a coarse grid tie in every pool; eager's torch.max and the kernels both
+    # give the first maximal element the whole gradient, so they agree exactly.
+    eager, fused = _pair(8, arrangement, reduction=2, pool_types=("max",))
+    x = (_x(2, 8, 4, 4) * 2).round().clamp(-1, 1)
+    g = _x(2, 8, 4, 4, seed=7)
+    got, want = _run(fused, x, g), _run(eager, x, g)
+    assert calls["forward"] == 1
+    torch.testing.assert_close(got[1], want[1], rtol=1e-9, atol=1e-10)
+    for name, grad in want[2].items():
+        torch.testing.assert_close(got[2][name], grad, rtol=1e-9, atol=1e-10, msg=name)

@@ -68,3 +68,23 @@ def test_cbam_inductor_compile_matches_eager():
     compiled = torch.compile(m, fullgraph=True)
     x = _x(2, 32, 8, 8)
     torch.testing.assert_close(compiled(x), m(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arrangement", ["channel-spatial", "spatial-channel"])
+def test_cbam_inductor_training_under_bf16_autocast_has_the_eager_gradients(arrangement):
+    # Inductor computes x * Mc (or x * Ms) inside the next max pool without the bfloat16
+    # rounding eager applies; a max whose backward compares its input with the result
+    # (amax) then finds no maximum and divides 0 by 0.
+    from convattn.layers import CBAM
+
+    m = ref.randomize_(CBAM(16, reduction=4, impl="eager", arrangement=arrangement)).train()
+    grads = []
+    for run in (torch.compile(m), m):
+        x = _x(8, 16, 8, 8).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            run(x.bfloat16()).float().square().sum().backward()
+        grads.append([x.grad, *(p.grad.clone() for p in m.parameters())])
+        m.zero_grad()
+    for got, want in zip(*grads, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=0.1, atol=0.1 * want.abs().max().item())

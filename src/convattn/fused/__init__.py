@@ -29,11 +29,9 @@ BatchNorm is folded for the channel-spatial arrangement and the channel gate alo
 normalisations (synchronised BatchNorm included) run eagerly before the fused attention and
 tail. Modules with hooks run eagerly. Everything else runs the eager modules.
 
-Deviations from the eager modules: max pooling sends its gradient to the first maximal
-element where ``amax`` splits it evenly between tied maxima (ties have measure zero for
-real-valued data, except where a BatchNorm weight is exactly zero, as with
-``zero_init_last``: then every position ties and its gradient goes to the first); the
-gradient is not differentiable again (no double backward); sums are accumulated in a
+Deviations from the eager modules: none in the tie rule (max pooling sends its gradient
+to the first maximal element, as eager's ``torch.max``); the gradient is not
+differentiable again (no double backward); sums are accumulated in a
 different order (float32 results differ from eager's at eager's own rounding level, also for
 maps whose mean is many times their spread, as in trained networks: the folded BatchNorm's
 input and the spatial logits are centred before they are scaled, and long sums are taken

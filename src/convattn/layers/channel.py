@@ -10,10 +10,12 @@ Besides the paper's average and max pooling, the authors' code offers LP pooling
 (power 2, ``sqrt(sum x^2)``, with gradient 0 on an all-zero channel as ``F.lp_pool2d``)
 and log-sum-exp pooling; any non-empty subset may be summed.
 
-Deviations: pooling uses plain reductions (``mean``/``amax``/``logsumexp`` over H, W)
+Deviations: pooling uses plain reductions (``mean``/``max``/``logsumexp`` over H, W)
 instead of adaptive pooling modules, so the module exports to ONNX and works under AMP with
-channels_last. ``amax`` splits the gradient evenly between tied maxima where ``max_pool2d``
-picks one; the forward values are identical.
+channels_last. The max is ``torch.max``'s over the flattened positions, whose gradient goes
+to the first maximal position, as ``max_pool2d``'s and the fused kernels'; ``amax``, which
+splits it between ties by comparing, gives NaN gradients under ``torch.compile`` with
+bfloat16 autocast (see :func:`convattn.layers.spatial.pool_channels`).
 
 ``impl`` chooses between these eager operations and the fused CPU kernels of
 :mod:`convattn.fused` for ``forward`` (see :class:`convattn.layers.CBAM`).
@@ -40,8 +42,8 @@ def pool_hw(x: torch.Tensor, pool_type: str) -> torch.Tensor:
     """Pool (N, C, H, W) over H and W to (N, C)."""
     if pool_type == "avg":
         return x.mean(dim=(2, 3))
-    if pool_type == "max":
-        return x.amax(dim=(2, 3))
+    if pool_type == "max":  # torch.max, not amax: see spatial.pool_channels
+        return x.flatten(2).max(dim=2).values
     if pool_type == "lp":  # LP pooling with p = 2 over the whole map, as F.lp_pool2d
         return _sqrt_zero_grad_at_zero(x.square().sum(dim=(2, 3)))
     if pool_type == "lse":

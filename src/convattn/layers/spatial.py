@@ -29,8 +29,15 @@ SPATIAL_POOLINGS = ("avgmax", "conv1x1")
 
 
 def pool_channels(x: torch.Tensor) -> torch.Tensor:
-    """[max over C; mean over C], (N, C, H, W) -> (N, 2, H, W), max first."""
-    return torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+    """[max over C; mean over C], (N, C, H, W) -> (N, 2, H, W), max first.
+
+    The max is ``torch.max``'s, whose gradient goes to the first maximal channel (as in
+    the fused kernels). ``amax`` would split it between ties by comparing the input with
+    its maximum in backward; under ``torch.compile`` with bfloat16 autocast Inductor
+    skips the bfloat16 rounding of ``x = F * Mc`` before the forward's reduction, so
+    that comparison can find no maximum and the gradient becomes 0 / 0 = NaN."""
+    top = x.max(dim=1, keepdim=True).values
+    return torch.cat([top, x.mean(dim=1, keepdim=True)], dim=1)
 
 
 class SpatialAttention(nn.Module):

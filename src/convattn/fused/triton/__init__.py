@@ -36,10 +36,11 @@ modules: lp/lse pools, conv1x1 pooling, float64, other devices, synchronised Bat
 (:func:`convattn.fused.residual_tail`) is not folded on CUDA: the block's BatchNorm,
 addition and ReLU run eagerly around the Triton kernels.
 
-Deviations from the eager modules: max pooling sends its gradient to the first maximal
-element (``amax`` splits it between ties); sums run in another order; no double backward.
-Under ``torch.compile`` the module calls the operator, whose kernels the compiler sees
-(``triton_op``); with gradients off ``impl="auto"`` records the eager operations instead.
+Deviations from the eager modules: sums run in another order; no double backward (max
+pooling sends its gradient to the first maximal element, as eager's ``torch.max``).
+Under ``torch.compile`` the module calls the operator, which the compiler keeps as one
+opaque node (see :mod:`.ops`); with gradients off ``impl="auto"`` records the eager
+operations instead.
 
 Testing without a GPU: with ``TRITON_INTERPRET=1`` and ``CONVATTN_TRITON_ON_CPU=1`` set
 before the first CBAM runs, CPU tensors take this path exactly as CUDA tensors would,
