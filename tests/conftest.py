@@ -40,6 +40,18 @@ def _deterministic_seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_compiler():
+    """Each test compiles from scratch: graphs compiled by earlier tests of the worker
+    would count against dynamo's recompile limit for the same code (fullgraph=True then
+    fails), and whether they do would depend on how tests are shared between workers."""
+    yield
+    import sys
+
+    if "torch._dynamo" in sys.modules:  # only where something compiled
+        torch._dynamo.reset()
+
+
 @pytest.fixture
 def fused_calls(monkeypatch):
     """The fused operators' call counts (``fused_spy.spy_fused``); skips when the extension
