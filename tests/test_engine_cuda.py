@@ -14,30 +14,24 @@ import torch
 
 import reference as ref
 from convattn.engine.fit import fit
-from convattn.engine.recipes import load_config
 from convattn.layers import CBAM
 from convattn.models import read_state_dict
+from test_engine_train import _cfg as train_cfg
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DATA = "synthetic:train=128,val=64"
 
 
 def _cfg(tmp_path, **over):
-    base = {
-        "model": "cifar_resnet20_cbam",
+    cuda = {
         "data.path": DATA,
-        "data.batch_size": 32,
-        "data.workers": 0,
-        "optim.lr": 0.05,
         "schedule.epochs": 1,
         "schedule.kind": "step",
         "schedule.step_epochs": 1,
-        "run.output": str(tmp_path),
-        "run.name": "run",
-        "run.progress": False,
+        "run.deterministic": False,
         "run.device": "cuda",
     }
-    return load_config(None, {**base, **over})
+    return train_cfg(tmp_path, **{**cuda, **over})
 
 
 def _records(run):

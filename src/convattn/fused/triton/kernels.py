@@ -159,14 +159,21 @@ def conv_weight_grad(gs_ptr, maps_ptr, part_ptr, N, H, W, K: tl.constexpr,
 
 
 @triton.jit
-def scale(x_ptr, y_ptr, mc_ptr, s_ptr, stats_ptr, C, HW, s_n, s_c, s_p,
-          HAS_MS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    """y = x * mc[n, c] (* ms[n, p] with ``HAS_MS``), per (n, channel block, position block)."""
+def _tile(C, HW, s_n, s_c, s_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The (n, channel block, position block) tile of this program: n, its channels and
+    positions, their mask and offsets."""
     n, cb, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     m = (c < C)[:, None] & (p < HW)[None, :]
-    off = n.to(tl.int64) * s_n + c[:, None] * s_c + p[None, :] * s_p
+    return n, c, p, m, n.to(tl.int64) * s_n + c[:, None] * s_c + p[None, :] * s_p
+
+
+@triton.jit
+def scale(x_ptr, y_ptr, mc_ptr, s_ptr, stats_ptr, C, HW, s_n, s_c, s_p,
+          HAS_MS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """y = x * mc[n, c] (* ms[n, p] with ``HAS_MS``), per (n, channel block, position block)."""
+    n, c, p, m, off = _tile(C, HW, s_n, s_c, s_p, BLOCK_C, BLOCK_P)
     x = tl.load(x_ptr + off, mask=m, other=0.0)
     y = x.to(tl.float32) * tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
     if HAS_MS:
@@ -246,11 +253,7 @@ def grad_x(g_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, mc_ptr, gv_ptr, idx_hw
            gx_ptr, N, C, HW, s_n, s_c, s_p, HAS_MS: tl.constexpr, CS: tl.constexpr,
            SC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """gx = g mc ms + V (ms if SC) + M (mc if CS), M only with ``HAS_MS``."""
-    n, cb, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    m = (c < C)[:, None] & (p < HW)[None, :]
-    off = n.to(tl.int64) * s_n + c[:, None] * s_c + p[None, :] * s_p
+    n, c, p, m, off = _tile(C, HW, s_n, s_c, s_p, BLOCK_C, BLOCK_P)
     mc = tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
     gx = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32) * mc
     v = _v_term(gv_ptr, idx_hw_ptr, N, n, c, p, C, HW)
