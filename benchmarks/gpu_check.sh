@@ -11,8 +11,8 @@ py=${PYTHON:-python}
 mkdir -p "$out"
 "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device")'
 
-"$py" -m pytest tests/test_triton_cbam.py tests/test_engine_cuda.py tests/test_fused_cbam.py \
-    -q -rs 2>&1 | tee "$out/tests.txt"
+"$py" -m pytest tests/test_triton_cbam.py tests/test_triton_tail.py tests/test_engine_cuda.py \
+    tests/test_fused_cbam.py -q -rs 2>&1 | tee "$out/tests.txt"
 "$py" benchmarks/bench_cbam.py --device cuda --precisions float32 bf16-autocast \
     --out "$out/bench_cbam.json" | tee "$out/bench_cbam.md"
 "$py" benchmarks/bench_cbam.py --device cuda --precisions float32 bf16-autocast --eval \

@@ -33,15 +33,25 @@ def _fd(f, a: np.ndarray, d: np.ndarray) -> float:
 def directional(m64, x, g, training, grads: dict, *, rtol: float, dirs: int = 2) -> None:
     """Check ``grads`` ({"x": ..., parameter name: ...}) against the reference along
     ``dirs`` random directions each: |<grad, d> - fd| <= rtol * sum |grad_i d_i| + 1e-9."""
+    holders = {"x": x, **holders_of(m64)}
+    along_directions(lambda: loss(m64, x, g, training), holders, grads, rtol=rtol, dirs=dirs)
+
+
+def holders_of(m64: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The module's float64 parameters by name, as arrays viewing them (perturbed in place)."""
+    return {n: p.detach().numpy() for n, p in m64.named_parameters()}
+
+
+def along_directions(f, holders: dict, grads: dict, *, rtol: float, dirs: int = 2) -> None:
+    """Check ``grads`` of the scalar ``f()`` in the arrays ``holders`` (by the same names)
+    along ``dirs`` random directions each, as :func:`directional`."""
     rng = np.random.default_rng(0)
-    params = {n: p.detach() for n, p in m64.named_parameters()}
-    holders = {"x": x, **{n: p.numpy() for n, p in params.items()}}  # views: in place
     for name, got in grads.items():
         a = holders[name]
         got = ref.arr(got).reshape(a.shape)
         for _ in range(dirs):
             d = rng.standard_normal(a.shape)
-            fd = _fd(lambda: loss(m64, x, g, training), a, d)
+            fd = _fd(f, a, d)
             inner = float((got * d).sum())
             scale = float(np.abs(got * d).sum())
             assert abs(inner - fd) <= rtol * scale + 1e-9, (name, inner, fd, scale)

@@ -17,7 +17,6 @@ import torch
 
 import fd_reference as fd
 import reference as ref
-from convattn.fused import residual_tail
 from convattn.fused.triton import FORCE_CPU_ENV, triton_unsupported
 from convattn.layers import CBAM, ChannelAttention, SqueezeExcite
 
@@ -233,17 +232,6 @@ def test_uncovered_cases_fall_back_to_eager(kwargs, x, calls):
     assert calls["forward"] == 0
 
 
-def test_residual_tail_runs_the_attention_on_the_kernels(calls):
-    attn, norm = _module(8, reduction=2), torch.nn.BatchNorm2d(8).to(DEV)
-    z, shortcut = _x(2, 8, 4, 4), _x(2, 8, 4, 4, seed=3)
-    m64 = copy.deepcopy(attn).cpu().double()
-    y = residual_tail(z, shortcut, norm=norm, attn=attn, relu=torch.nn.ReLU())
-    xn = ref.batchnorm(ref.arr(z), norm.cpu(), training=True)
-    want = ref.relu(ref.cbam(xn, m64, training=True) + ref.arr(shortcut))
-    assert abs(ref.arr(y) - want).max() <= 1e-5 * abs(want).max()
-    assert calls["forward"] == 1
-
-
 def test_saves_only_small_tensors_besides_the_input(calls):
     m = _module(64)
     x = _x(2, 64, 8, 8).requires_grad_()
@@ -259,14 +247,17 @@ def test_saves_only_small_tensors_besides_the_input(calls):
 CODES = {"channel-spatial": 1, "spatial-channel": 2, "parallel": 3}
 
 
-def _op_args(m, x):
+NO_TAIL = (None, False, 0, None, None, None, None, 0.0)  # shortcut, relu, folded BatchNorm
+
+
+def _op_args(m, x, tail=NO_TAIL):
     fc1, fc2, sp = m.channel.fc1, m.channel.fc2, m.spatial
     if sp is None:
         return (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, None, None, None, None, None,
-                None, True, True, 0, 0, 0.0)  # fmt: skip
+                None, True, True, 0, 0, 0.0, *tail)  # fmt: skip
     bn = sp.bn
     return (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, sp.conv.weight, None, bn.weight,
-            bn.bias, None, None, True, True, CODES[m.arrangement], 2, bn.eps)  # fmt: skip
+            bn.bias, None, None, True, True, CODES[m.arrangement], 2, bn.eps, *tail)  # fmt: skip
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"spatial": False}], ids=["cbam", "channel"])

@@ -153,8 +153,8 @@ def _bn_plan(bn: nn.BatchNorm2d) -> tuple[bool, float, bool]:
 
 def _update(bn: nn.BatchNorm2d, batch: torch.Tensor, factor: float) -> None:
     with torch.no_grad():  # running = (1 - factor) running + factor batch (unbiased var)
-        bn.running_mean.lerp_(batch[0], factor)
-        bn.running_var.lerp_(batch[1], factor)
+        bn.running_mean.lerp_(batch[0].to(bn.running_mean.dtype), factor)
+        bn.running_var.lerp_(batch[1].to(bn.running_var.dtype), factor)
 
 
 def _gate_args(module: nn.Module, x: torch.Tensor) -> dict | None:
@@ -203,15 +203,13 @@ def run_fused(
 
     With ``norm``, ``x`` is that BatchNorm's input and the result is ``module(norm(x))``;
     with ``shortcut`` it is added to the attention's output, then ``relu`` applies the
-    ReLU. CUDA tensors go to the Triton kernels (:mod:`convattn.fused.triton`), which
-    fold no residual tail: with ``shortcut`` or ``norm`` the caller composes it eagerly
-    and its attention call comes back here alone."""
+    ReLU. CUDA tensors go to the Triton kernels (:mod:`convattn.fused.triton`)."""
     if module.impl == "eager":
         return None
     from .triton.dispatch import run_triton, triton_target  # it imports this module
 
     if triton_target(x):
-        return None if shortcut is not None or norm is not None else run_triton(module, x)
+        return run_triton(module, x, shortcut=shortcut, relu=relu, norm=norm)
     if fused_unsupported(module, x) is not None:
         return None
     if x.dim() != 4 or x.shape[1] != module.channels:  # the eager call raises the error

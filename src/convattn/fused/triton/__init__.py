@@ -6,7 +6,8 @@ https://arxiv.org/abs/1807.06521, Eq. (1)-(3). The math is that of
 :class:`convattn.layers.CBAM`; only the schedule differs. CUDA tensors offered to
 :func:`convattn.fused.run_fused` (``impl="fused"`` or ``"auto"``) come here; CPU tensors
 keep the C++ kernels. The parts: :mod:`.kernels` (the Triton kernels), :mod:`.ops` (the
-``torch.library`` operators, their fake kernels and autograd) and :mod:`.dispatch`
+``torch.library`` operators, their fake kernels and autograd), :mod:`.norm` (the folded
+BatchNorm of a block's tail) and :mod:`.dispatch`
 (eligibility and the BatchNorm bookkeeping). Triton is imported only when a CBAM first
 runs here.
 
@@ -32,9 +33,15 @@ evaluation mode, running statistics and ``num_batches_tracked`` updated as it do
 with a conv bias, any odd kernel size, autocast (the kernels then compute in float32,
 where eager runs the MLP and the conv in lower precision). Everything else runs the eager
 modules: lp/lse pools, conv1x1 pooling, float64, other devices, synchronised BatchNorm,
-2**31 elements or more, tracing, scripting and export. The residual tail
-(:func:`convattn.fused.residual_tail`) is not folded on CUDA: the block's BatchNorm,
-addition and ReLU run eagerly around the Triton kernels.
+2**31 elements or more, tracing, scripting and export.
+
+The residual tail (:func:`convattn.fused.residual_tail`, every arrangement): the kernels
+read the block's last BatchNorm's input and apply it as a per-channel scale and shift
+where they load it, and add the shortcut and apply the ReLU where they write the output
+(:mod:`.norm` computes the BatchNorm's statistics forward, one more read, and its
+gradients backward, two passes); saved for backward: the BatchNorm's input, the output
+(the ReLU's mask) and small tensors. A BatchNorm other than ``nn.BatchNorm2d`` runs
+eagerly in front of the folded rest.
 
 Deviations from the eager modules: sums run in another order; no double backward (max
 pooling sends its gradient to the first maximal element, as eager's ``torch.max``).

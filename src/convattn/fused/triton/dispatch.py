@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from ...layers import CBAM, ChannelAttention
-from ..dispatch import _CODES, _batchnorm_unsupported, _bn_plan, _eager_only
+from ..dispatch import _CODES, _batchnorm_unsupported, _bn_plan, _eager_only, _update
 
-__all__ = ["FORCE_CPU_ENV", "run_triton", "triton_target", "triton_unsupported"]
+__all__ = ["FORCE_CPU_ENV", "norm_unsupported", "run_triton", "triton_target", "triton_unsupported"]
 
 #: With ``TRITON_INTERPRET=1`` also set, ``CONVATTN_TRITON_ON_CPU=1`` sends CPU tensors to
 #: the Triton kernels (run by Triton's interpreter) as if they were CUDA tensors: cases
@@ -114,14 +114,54 @@ def _prefer(x: torch.Tensor) -> bool:
     return not torch.compiler.is_compiling() or torch.is_grad_enabled()
 
 
-def run_triton(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """``module(x)`` by the Triton kernels, or ``None`` where the eager path must run."""
+def norm_unsupported(norm: nn.Module, x: torch.Tensor) -> str | None:
+    """Why ``norm``, the BatchNorm in front of the attention, cannot be folded into the
+    Triton kernels for its input ``x`` (``None`` when it can)."""
+    if type(norm) is not nn.BatchNorm2d:  # e.g. synchronised across processes
+        return f"{type(norm).__name__} (folded: nn.BatchNorm2d)"
+    if norm.num_features != x.shape[1]:
+        return "BatchNorm channels differ from the input's"
+    tensors = [*norm.parameters(), *norm.buffers()]
+    if any(t.device != x.device or not t.is_floating_point() for t in tensors if t.dim()):
+        return "BatchNorm parameters on another device or not floating point"
+    return _batchnorm_unsupported(norm, x)
+
+
+def _tail_args(x: torch.Tensor, shortcut, relu: bool, norm) -> tuple[list, dict | None]:
+    """The operator's residual-tail arguments, and the folded BatchNorm's plan
+    (``None``: none folded)."""
+    plan, head = None, [0, None, None, None, None, 0.0]
+    if norm is not None:
+        batch_stats, factor, update = _bn_plan(norm)
+        head = [2 if batch_stats else 1, norm.weight, norm.bias, None, None, norm.eps]
+        if not batch_stats:  # running statistics are read only when used
+            head[3:5] = norm.running_mean, norm.running_var
+        plan = {"bn": norm, "factor": factor, "update": update}
+    return [None if shortcut is None else _canonical(shortcut), relu, *head], plan
+
+
+def run_triton(
+    module: nn.Module,
+    x: torch.Tensor,
+    *,
+    shortcut: torch.Tensor | None = None,
+    relu: bool = False,
+    norm: nn.Module | None = None,
+) -> torch.Tensor | None:
+    """``[relu](module([norm](x)) [+ shortcut])`` by the Triton kernels, or ``None`` where
+    the eager path must run (a ``norm`` that cannot be folded runs eagerly in front)."""
     if module.impl == "eager" or triton_unsupported(module, x) is not None:
         return None
     if x.shape[1] != module.channels or (module.impl == "auto" and not _prefer(x)):
         return None
     if torch.compiler.is_compiling() and not _compile_kernels():  # COMPILE_FUSED off
         return None
+    if shortcut is not None and (shortcut.shape, shortcut.dtype, shortcut.device) != (
+        x.shape, x.dtype, x.device
+    ):  # fmt: skip
+        return None
+    if norm is not None and norm_unsupported(norm, x) is not None:
+        x, norm = norm(x), None
     from . import ops  # imports Triton: only once a CBAM runs here
 
     channel, spatial, arrangement = _parts(module)
@@ -135,14 +175,16 @@ def run_triton(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         stats = (bn.weight, bn.bias, None, None)
         if not batch_stats:  # running statistics are read only when used
             stats = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    tail, plan = _tail_args(x, shortcut, relu, norm)
     pools = channel.pool_types
     with torch.autocast(x.device.type, enabled=False):  # the op computes in float32
-        y, *_, batch = ops.cbam_forward(
+        y, *_, batch, _, hbatch = ops.cbam_forward(
             _canonical(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias, *conv, *stats,
             "avg" in pools, "max" in pools, arrangement, mode, 0.0 if bn is None else bn.eps,
+            *tail,
         )  # fmt: skip
     if update:
-        with torch.no_grad():  # running = (1 - factor) running + factor batch
-            bn.running_mean.lerp_(batch[0].to(bn.running_mean.dtype), factor)
-            bn.running_var.lerp_(batch[1].to(bn.running_var.dtype), factor)
+        _update(bn, batch, factor)
+    if plan is not None and plan["update"]:
+        _update(plan["bn"], hbatch, plan["factor"])
     return y

@@ -21,7 +21,9 @@ the pooling maps (``gmean / C`` and ``gmax`` at the argmax channel):
 ``gx = g mc ms + V (ms if spatial-channel) + M (mc if channel-spatial)``,
 ``gmc = sum_p x (g ms + M if channel-spatial)`` and
 ``gz = ms (1 - ms) sum_c x (g mc + V if spatial-channel)``, z the gate's logit.
-The flags are compile-time constants: ``HAS_MS`` (a spatial gate), ``CS`` and ``SC``.
+The flags are compile-time constants: ``HAS_MS`` (a spatial gate), ``CS`` and ``SC``;
+for a block's tail, ``HEAD`` (x is ``a[c] z + b[c]``, the BatchNorm applied to the z
+stored, ``ab`` (2, C)) and, in ``scale``, ``ADD`` (the shortcut) and ``RELU``.
 """
 
 from __future__ import annotations
@@ -50,22 +52,34 @@ def _gate(s_ptr, stats_ptr, n, p, HW):
 
 
 @triton.jit
-def pool_positions(x_ptr, s_ptr, stats_ptr, avg_ptr, max_ptr, idx_ptr, C, HW, s_n, s_c,
-                   s_p, SC: tl.constexpr, BLOCK_C: tl.constexpr,
+def _load(x_ptr, off, m, ab_ptr, c, C, HEAD: tl.constexpr):
+    """x at the offsets in float32 (0 where masked), or ``a[c] x + b[c]`` with ``HEAD``:
+    the block's last BatchNorm folded in front, ``ab`` (2, C) its scale and shift."""
+    x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+    if HEAD:
+        a = tl.load(ab_ptr + c, mask=c < C, other=0.0)[:, None]
+        b = tl.load(ab_ptr + C + c, mask=c < C, other=0.0)[:, None]
+        x = tl.where(m, x * a + b, 0.0)
+    return x
+
+
+@triton.jit
+def pool_positions(x_ptr, ab_ptr, s_ptr, stats_ptr, avg_ptr, max_ptr, idx_ptr, C, HW, s_n,
+                   s_c, s_p, HEAD: tl.constexpr, SC: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_P: tl.constexpr):  # fmt: skip
     """Per (n, channel block): mean, max and first argmax over the positions of x
     (of x * ms with ``SC``)."""
     n, cb = tl.program_id(0), tl.program_id(1)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = c < C
-    base = x_ptr + n.to(tl.int64) * s_n + c[:, None] * s_c
+    base = n.to(tl.int64) * s_n + c[:, None] * s_c
     total = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
     best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
     where = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32)
     for p0 in range(0, HW, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         m = cm[:, None] & (p < HW)[None, :]
-        v = tl.load(base + p[None, :] * s_p, mask=m, other=0.0).to(tl.float32)
+        v = _load(x_ptr, base + p[None, :] * s_p, m, ab_ptr, c, C, HEAD)
         if SC:
             v = v * _gate(s_ptr, stats_ptr, n, p, HW)[None, :]
         total += v
@@ -82,21 +96,22 @@ def pool_positions(x_ptr, s_ptr, stats_ptr, avg_ptr, max_ptr, idx_ptr, C, HW, s_
 
 
 @triton.jit
-def pool_channels(x_ptr, mc_ptr, maps_ptr, idx_ptr, C, HW, s_n, s_c, s_p, CS: tl.constexpr,
-                  BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+def pool_channels(x_ptr, ab_ptr, mc_ptr, maps_ptr, idx_ptr, C, HW, s_n, s_c, s_p,
+                  HEAD: tl.constexpr, CS: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_P: tl.constexpr):  # fmt: skip
     """Per (n, position block): max (first argmax) and mean over channels of x
     (of x * mc with ``CS``)."""
     n, pb = tl.program_id(0), tl.program_id(1)
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = p < HW
-    base = x_ptr + n.to(tl.int64) * s_n + p[None, :] * s_p
+    base = n.to(tl.int64) * s_n + p[None, :] * s_p
     total = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
     best = tl.full((BLOCK_C, BLOCK_P), float("-inf"), dtype=tl.float32)
     where = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.int32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         m = (c < C)[:, None] & pm[None, :]
-        v = tl.load(base + c[:, None] * s_c, mask=m, other=0.0).to(tl.float32)
+        v = _load(x_ptr, base + c[:, None] * s_c, m, ab_ptr, c, C, HEAD)
         if CS:
             v = v * tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
         total += v
@@ -170,15 +185,21 @@ def _tile(C, HW, s_n, s_c, s_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
-def scale(x_ptr, y_ptr, mc_ptr, s_ptr, stats_ptr, C, HW, s_n, s_c, s_p,
-          HAS_MS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    """y = x * mc[n, c] (* ms[n, p] with ``HAS_MS``), per (n, channel block, position block)."""
+def scale(x_ptr, ab_ptr, y_ptr, mc_ptr, s_ptr, stats_ptr, r_ptr, C, HW, s_n, s_c, s_p,
+          HEAD: tl.constexpr, HAS_MS: tl.constexpr, ADD: tl.constexpr, RELU: tl.constexpr,
+          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """y = x * mc[n, c] (* ms[n, p] with ``HAS_MS``), plus the residual r with ``ADD``,
+    then the ReLU with ``RELU``; per (n, channel block, position block)."""
     n, c, p, m, off = _tile(C, HW, s_n, s_c, s_p, BLOCK_C, BLOCK_P)
-    x = tl.load(x_ptr + off, mask=m, other=0.0)
-    y = x.to(tl.float32) * tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
+    y = _load(x_ptr, off, m, ab_ptr, c, C, HEAD)
+    y = y * tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
     if HAS_MS:
         y = y * _gate(s_ptr, stats_ptr, n, p, HW)[None, :]
-    tl.store(y_ptr + off, y.to(x.dtype), mask=m)
+    if ADD:
+        y += tl.load(r_ptr + off, mask=m, other=0.0).to(tl.float32)
+    if RELU:
+        y = tl.maximum(y, 0.0)
+    tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -202,9 +223,9 @@ def _m_term(gmaps_ptr, idx_c_ptr, n, c, p, C, HW):
 
 
 @triton.jit
-def grad_spatial(g_ptr, x_ptr, mc_ptr, s_ptr, stats_ptr, gv_ptr, idx_hw_ptr, gz_ptr, N, C,
-                 HW, s_n, s_c, s_p, SC: tl.constexpr, BLOCK_C: tl.constexpr,
-                 BLOCK_P: tl.constexpr):  # fmt: skip
+def grad_spatial(g_ptr, x_ptr, ab_ptr, mc_ptr, s_ptr, stats_ptr, gv_ptr, idx_hw_ptr, gz_ptr,
+                 N, C, HW, s_n, s_c, s_p, HEAD: tl.constexpr, SC: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """Per (n, position block): the gradient of the gate's logit z = A s + B,
     ``gz = ms (1 - ms) sum_c x (g mc + V if SC)``."""
     n, pb = tl.program_id(0), tl.program_id(1)
@@ -217,7 +238,7 @@ def grad_spatial(g_ptr, x_ptr, mc_ptr, s_ptr, stats_ptr, gv_ptr, idx_hw_ptr, gz_
         m = (c < C)[:, None] & pm[None, :]
         off = base + c[:, None] * s_c
         g = tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+        x = _load(x_ptr, off, m, ab_ptr, c, C, HEAD)
         gx1 = g * tl.load(mc_ptr + n * C + c, mask=c < C, other=0.0)[:, None]
         if SC:
             gx1 += _v_term(gv_ptr, idx_hw_ptr, N, n, c, p, C, HW)
@@ -227,9 +248,9 @@ def grad_spatial(g_ptr, x_ptr, mc_ptr, s_ptr, stats_ptr, gv_ptr, idx_hw_ptr, gz_
 
 
 @triton.jit
-def grad_mc(g_ptr, x_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, gmc_ptr, C, HW,
-            s_n, s_c, s_p, HAS_MS: tl.constexpr, CS: tl.constexpr, BLOCK_C: tl.constexpr,
-            BLOCK_P: tl.constexpr):  # fmt: skip
+def grad_mc(g_ptr, x_ptr, ab_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, gmc_ptr, C, HW,
+            s_n, s_c, s_p, HEAD: tl.constexpr, HAS_MS: tl.constexpr, CS: tl.constexpr,
+            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     """Per (n, channel block): the channel gate's gradient ``sum_p x (g ms + M if CS)``."""
     n, cb = tl.program_id(0), tl.program_id(1)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -244,7 +265,7 @@ def grad_mc(g_ptr, x_ptr, s_ptr, stats_ptr, gmaps_ptr, idx_c_ptr, gmc_ptr, C, HW
             gx1 = gx1 * _gate(s_ptr, stats_ptr, n, p, HW)[None, :]
         if CS:
             gx1 += _m_term(gmaps_ptr, idx_c_ptr, n, c, p, C, HW)
-        acc += tl.where(m, gx1 * tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32), 0.0)
+        acc += gx1 * _load(x_ptr, off, m, ab_ptr, c, C, HEAD)
     tl.store(gmc_ptr + n * C + c, tl.sum(acc, 1), mask=c < C)
 
 
