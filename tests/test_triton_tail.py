@@ -235,3 +235,18 @@ def test_compiled_block_calls_the_operator_with_the_tail_folded(calls):
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
     for (name, p), (_, w) in zip(block.named_parameters(), eager.named_parameters(), strict=True):
         torch.testing.assert_close(p.grad, w.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_second_gpu_runs_on_its_own_device_while_the_first_is_current(calls):
+    tail = _pair(8).to("cuda:1")
+    eager = copy.deepcopy(tail)
+    eager.attn.impl = "eager"
+    z, r, g = (_x(2, 8, 5, 4, seed=s).to("cuda:1") for s in (0, 3, 7))
+    with torch.cuda.device(0):
+        y, grads = _run(tail, z, r, g)
+        want, wgrads = _run(eager, z, r, g)
+    assert calls["forward"][0] == (2, True, True) and y.device == z.device
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    for name, w in wgrads.items():
+        torch.testing.assert_close(grads[name], w, rtol=1e-4, atol=1e-5, msg=name)

@@ -3,6 +3,7 @@ operator (see :mod:`convattn.fused.triton` for what is covered)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -140,6 +141,15 @@ def _tail_args(x: torch.Tensor, shortcut, relu: bool, norm) -> tuple[list, dict 
     return [None if shortcut is None else _canonical(shortcut), relu, *head], plan
 
 
+def _device_guard(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """x's GPU made current: Triton launches its kernels on the current device. (A
+    compiled graph sets its device itself; the autograd engine runs a backward with its
+    tensors' device current.)"""
+    if x.device.type != "cuda" or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch.cuda.device(x.device)
+
+
 def run_triton(
     module: nn.Module,
     x: torch.Tensor,
@@ -177,7 +187,8 @@ def run_triton(
             stats = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
     tail, plan = _tail_args(x, shortcut, relu, norm)
     pools = channel.pool_types
-    with torch.autocast(x.device.type, enabled=False):  # the op computes in float32
+    off = torch.autocast(x.device.type, enabled=False)  # the op computes in float32
+    with off, _device_guard(x):
         y, *_, batch, _, hbatch = ops.cbam_forward(
             _canonical(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias, *conv, *stats,
             "avg" in pools, "max" in pools, arrangement, mode, 0.0 if bn is None else bn.eps,
