@@ -283,6 +283,29 @@ def test_attn_init_pytorch_and_authors_give_their_documented_distributions():
         create_model("cifar_resnet20_cbam", attn_init="xavier")
 
 
+def test_attn_init_authors_bn1_changes_only_the_spatial_batchnorm_weight():
+    torch.manual_seed(0)
+    au = create_model("cifar_resnet20_cbam", attn_init="authors")
+    torch.manual_seed(0)
+    bn1 = create_model("cifar_resnet20_cbam", attn_init="authors-bn1")
+    changed = [k for k, v in au.state_dict().items() if not torch.equal(v, bn1.state_dict()[k])]
+    assert changed and all(k.endswith("attn.spatial.bn.weight") for k in changed)
+    assert all(torch.all(bn1.state_dict()[k] == 1) for k in changed)
+
+
+@pytest.mark.parametrize("attn_init,zero", [("authors", True), ("authors-bn1", False)])
+def test_a_zero_spatial_batchnorm_weight_stops_the_spatial_conv_learning_at_first(attn_init, zero):
+    # sigmoid(0 * bn_hat(conv(maps)) + 0): the gate is 0.5 whatever the conv, whose weight
+    # therefore gets no gradient until the BatchNorm weight has moved from 0.
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20_cbam", attn_init=attn_init, attn_impl="eager")
+    model(torch.randn(4, 3, 32, 32)).square().sum().backward()
+    convs = [m.attn.spatial.conv.weight.grad for m in model.modules() if hasattr(m, "attn")]
+    bns = [m.attn.spatial.bn.weight.grad for m in model.modules() if hasattr(m, "attn")]
+    assert len(convs) == 9 and all(g.abs().max() > 0 for g in bns)
+    assert all((g.abs().max() == 0) == zero for g in convs)
+
+
 def test_create_model_errors():
     with pytest.raises(ValueError, match="closest: resnet50_cbam"):
         create_model("resnet50_cbma")

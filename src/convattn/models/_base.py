@@ -22,7 +22,7 @@ from ..layers import ATTENTIONS, SpatialAttention, init_gates
 __all__ = ["ATTN_INITS", "Backbone", "FeatureInfo", "init_weights"]
 
 #: How :func:`init_weights` treats attention modules: the CBAM authors' way or PyTorch's.
-ATTN_INITS = ("authors", "pytorch")
+ATTN_INITS = ("authors", "pytorch", "authors-bn1")
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,8 @@ def init_weights(
     ``attn_init="pytorch"`` leaves the attention gates (SE, CBAM, BAM and their branches)
     as PyTorch constructed them and sets the spatial-attention BN weight to PyTorch's
     default 1 instead of the authors' 0 (gates then start at sigmoid of the conv's output).
+    ``attn_init="authors-bn1"`` is the authors' initialisation with that one change (the
+    spatial BatchNorm weight 1), which separates its effect from the convolutions' scale.
     """
     check_choice("attn_init", attn_init, ATTN_INITS)
     skip = _attention_parts(model) if attn_init == "pytorch" else set()
@@ -163,7 +165,7 @@ def init_weights(
                 nn.init.zeros_(m.bias)
     if attn_init == "authors":
         init_gates(model)
-    else:
+    else:  # "pytorch", "authors-bn1"
         _pytorch_gates(model)
     if zero_init_last:
         for m in model.modules():

@@ -54,8 +54,9 @@ class ResNet(Backbone):
         stage_attn_layer: attention after every stage but the last (BAM).
         zero_init_last: zero the last BN of each block.
         attn_init: "authors" (the CBAM authors' initialisation of the attention layers,
-            default) or "pytorch" (PyTorch's defaults for them; see
-            :func:`~convattn.models._base.init_weights`).
+            default), "pytorch" (PyTorch's defaults for them) or "authors-bn1" (the
+            authors' with the spatial BatchNorm weight 1); see
+            :func:`~convattn.models._base.init_weights`.
         drop_rate: dropout before the classifier.
         features_only, out_indices: return the outputs of these stages instead of logits.
     """
