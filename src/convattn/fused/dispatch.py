@@ -16,7 +16,14 @@ from torch import nn
 from ..layers import CBAM, ChannelAttention
 from .ops import ForwardArgs, fused_forward, fused_ops
 
-__all__ = ["fused_unsupported", "has_hooks", "norm_unsupported", "prefer_fused", "run_fused"]
+__all__ = [
+    "fused_unsupported",
+    "has_hooks",
+    "norm_unsupported",
+    "prefer_fused",
+    "run_fused",
+    "shortcut_fits",
+]
 
 _CODES = {"channel-spatial": 1, "spatial-channel": 2, "parallel": 3}
 _DTYPES = (torch.float32, torch.float64)
@@ -182,6 +189,14 @@ def _gate_args(module: nn.Module, x: torch.Tensor) -> dict | None:
     return args if _same_kind(x, *tensors) else None
 
 
+def shortcut_fits(x: torch.Tensor, shortcut: torch.Tensor | None) -> bool:
+    """Whether the kernels can add ``shortcut`` to their output for input ``x`` (absent, or
+    of x's shape, dtype and device; otherwise eager's broadcasting and promotion apply)."""
+    if shortcut is None:
+        return True
+    return (shortcut.shape, shortcut.dtype, shortcut.device) == (x.shape, x.dtype, x.device)
+
+
 def _shortcut_like(x: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor | None:
     """The shortcut with exactly x's strides (a copy where they differ), as the kernels
     read it."""
@@ -220,9 +235,7 @@ def run_fused(
     ops = None if compiling else fused_ops()
     if ops is None and not compiling:
         return None
-    if shortcut is not None and (shortcut.shape, shortcut.dtype, shortcut.device) != (
-        x.shape, x.dtype, x.device
-    ):  # fmt: skip
+    if not shortcut_fits(x, shortcut):
         return None
     if norm is not None and norm_unsupported(module, norm, x) is not None:
         x, norm = norm(x), None  # the BatchNorm runs eagerly, the rest fused

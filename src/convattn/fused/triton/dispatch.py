@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from ...layers import CBAM, ChannelAttention
-from ..dispatch import _CODES, _batchnorm_unsupported, _bn_plan, _eager_only, _update
+from ..dispatch import (
+    _CODES,
+    _batchnorm_unsupported,
+    _bn_plan,
+    _eager_only,
+    _update,
+    shortcut_fits,
+)
 
 __all__ = ["FORCE_CPU_ENV", "norm_unsupported", "run_triton", "triton_target", "triton_unsupported"]
 
@@ -166,9 +173,7 @@ def run_triton(
         return None
     if torch.compiler.is_compiling() and not _compile_kernels():  # COMPILE_FUSED off
         return None
-    if shortcut is not None and (shortcut.shape, shortcut.dtype, shortcut.device) != (
-        x.shape, x.dtype, x.device
-    ):  # fmt: skip
+    if not shortcut_fits(x, shortcut):
         return None
     if norm is not None and norm_unsupported(norm, x) is not None:
         x, norm = norm(x), None
