@@ -80,13 +80,12 @@ def _run(tail: _Tail, z, r, g):
     return y, {"z": z.grad, "r": r.grad, **{n: p.grad for n, p in tail.named_parameters()}}
 
 
-def _check(tail: _Tail, z, calls, *, rtol=1e-4, out_tol=1e-5):
+def _check(tail: _Tail, z, calls, *, rtol=1e-4, out_tol=1e-5, r_fmt=None):
+    """The tail on z (a shortcut in z's format, or ``r_fmt``) against the reference."""
     train, t64 = tail.training, copy.deepcopy(tail).cpu().double()
     fmt = torch.contiguous_format if z.is_contiguous() else CL
-    r, g = (
-        _x(*z.shape, dtype=z.dtype, seed=3, fmt=fmt),
-        _x(*z.shape, dtype=z.dtype, seed=7, fmt=fmt),
-    )
+    r = _x(*z.shape, dtype=z.dtype, seed=3, fmt=r_fmt or fmt)
+    g = _x(*z.shape, dtype=z.dtype, seed=7, fmt=fmt)
     y, grads = _run(tail, z, r, g)
     assert calls["forward"] == [(2 if train else 1, True, True)] and calls["backward"] == 1
     assert y.dtype == z.dtype and y.stride() == z.stride() and grads["z"].stride() == z.stride()
@@ -104,6 +103,9 @@ def _check(tail: _Tail, z, calls, *, rtol=1e-4, out_tol=1e-5):
             want = (1 - mom) * ref.arr(old) + mom * new
             np.testing.assert_allclose(ref.arr(got), want, rtol=LOW.get(z.dtype, 1e-5))
         assert tail.norm.num_batches_tracked.item() == 1
+    else:  # evaluation: nothing updated
+        for name, b in t64.norm.named_buffers():
+            torch.testing.assert_close(dict(tail.norm.named_buffers())[name].cpu().to(b.dtype), b)
 
 
 ARRANGED = [{}, {"arrangement": "spatial-channel"}, {"arrangement": "parallel"},
@@ -116,6 +118,14 @@ ARR_IDS = ["channel-spatial", "spatial-channel", "parallel", "channel"]
 @pytest.mark.parametrize("kwargs", ARRANGED, ids=ARR_IDS)
 def test_tail_matches_reference(kwargs, train, fmt, calls):
     _check(_pair(8, train=train, kernel_size=3, **kwargs), _x(2, 8, 5, 4, fmt=fmt), calls)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("fmt", FMTS, ids=["nchw", "nhwc"])
+def test_partial_channel_blocks_and_a_shortcut_in_the_other_format(fmt, train, calls):
+    other = CL if fmt is torch.contiguous_format else torch.contiguous_format
+    tail = _pair(12, train=train, kernel_size=3)  # 12 channels: a partial block of 8
+    _check(tail, _x(2, 12, 5, 3, fmt=fmt), calls, r_fmt=other)
 
 
 def test_tail_with_a_conv_bias_and_one_pool_matches_reference(calls):

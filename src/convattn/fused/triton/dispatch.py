@@ -17,6 +17,7 @@ from ..dispatch import (
     _batchnorm_unsupported,
     _bn_plan,
     _eager_only,
+    _shortcut_like,
     _update,
     shortcut_fits,
 )
@@ -145,7 +146,7 @@ def _tail_args(x: torch.Tensor, shortcut, relu: bool, norm) -> tuple[list, dict 
         if not batch_stats:  # running statistics are read only when used
             head[3:5] = norm.running_mean, norm.running_var
         plan = {"bn": norm, "factor": factor, "update": update}
-    return [None if shortcut is None else _canonical(shortcut), relu, *head], plan
+    return [_shortcut_like(x, shortcut), relu, *head], plan
 
 
 def _device_guard(x: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -190,12 +191,13 @@ def run_triton(
         stats = (bn.weight, bn.bias, None, None)
         if not batch_stats:  # running statistics are read only when used
             stats = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    tail, plan = _tail_args(x, shortcut, relu, norm)
+    x = _canonical(x)
+    tail, plan = _tail_args(x, shortcut, relu, norm)  # the shortcut with x's strides
     pools = channel.pool_types
     off = torch.autocast(x.device.type, enabled=False)  # the op computes in float32
     with off, _device_guard(x):
         y, *_, batch, _, hbatch = ops.cbam_forward(
-            _canonical(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias, *conv, *stats,
+            x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, *conv, *stats,
             "avg" in pools, "max" in pools, arrangement, mode, 0.0 if bn is None else bn.eps,
             *tail,
         )  # fmt: skip

@@ -147,6 +147,8 @@ def cbam_forward(
     ``relu`` applies the ReLU. Two more results: ``hstats`` (2, C) [mean; invstd] that
     normalised x and ``hbatch`` the batch's [mean; unbiased variance] (both (2, 0)
     without ``head``, ``hbatch`` zeros with running statistics)."""
+    if shortcut is not None and shortcut.stride() != x.stride():  # the kernels read both alike
+        raise ValueError(f"shortcut strides {shortcut.stride()} differ from x's {x.stride()}")
     n, c, hw, s_n, s_c, s_p = _geometry(x)
     bc, bp = _tiles(x)
     params = [t.to(F32) for t in (w1, b1, w2, b2)]
