@@ -14,7 +14,17 @@ import torch
 from torch import nn
 
 from ..layers import CBAM, ChannelAttention
+from .common import (
+    CODES,
+    batchnorm_unsupported,
+    bn_plan,
+    eager_only,
+    shortcut_fits,
+    shortcut_like,
+    update_running_stats,
+)
 from .ops import ForwardArgs, fused_forward, fused_ops
+from .triton.dispatch import run_triton, triton_target
 
 __all__ = [
     "fused_unsupported",
@@ -22,19 +32,9 @@ __all__ = [
     "norm_unsupported",
     "prefer_fused",
     "run_fused",
-    "shortcut_fits",
 ]
 
-_CODES = {"channel-spatial": 1, "spatial-channel": 2, "parallel": 3}
 _DTYPES = (torch.float32, torch.float64)
-
-
-@torch.compiler.assume_constant_result
-def _built_for_compile() -> bool:
-    """Evaluated once when a graph is traced: build/load the operators outside the graph."""
-    from . import COMPILE_FUSED
-
-    return COMPILE_FUSED and fused_ops() is not None
 
 
 @torch.compiler.assume_constant_result
@@ -42,24 +42,12 @@ def _num_threads() -> int:
     return torch.get_num_threads()
 
 
-def _eager_only() -> bool:
-    """Tracing, scripting, exporting or a functorch transform: record eager operations."""
-    if torch.compiler.is_compiling():
-        return torch.compiler.is_exporting() or not _built_for_compile()
-    return (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-        or torch._C._are_functorch_transforms_active()  # vmap, grad, jvp: no rules here
-    )
-
-
 def fused_unsupported(module: nn.Module, x: torch.Tensor) -> str | None:
     """Why the fused kernels cannot run ``module`` (a ``CBAM`` or ``ChannelAttention``) on
     ``x``, or ``None`` when they can (the extension's build is not checked here)."""
     if not isinstance(module, CBAM | ChannelAttention):
         return f"{type(module).__name__} (fused: CBAM, channel attention, SE)"
-    if _eager_only():
+    if eager_only():
         return "tracing, scripting, exporting or a functorch transform"
     if x.device.type != "cpu" or x.dtype not in _DTYPES:
         return f"{x.device.type} {x.dtype} input (fused: CPU float32/float64)"
@@ -80,17 +68,7 @@ def fused_unsupported(module: nn.Module, x: torch.Tensor) -> str | None:
         if bn is not None:
             if type(bn) is not nn.BatchNorm2d:  # e.g. synchronised across processes
                 return f"{type(bn).__name__} in the spatial gate (fused: nn.BatchNorm2d)"
-            return _batchnorm_unsupported(bn, x)
-    return None
-
-
-def _batchnorm_unsupported(bn: nn.BatchNorm2d, x: torch.Tensor) -> str | None:
-    """Why the kernels cannot run ``bn`` on ``x`` (``None`` when they can)."""
-    batch_stats = bn.training or bn.running_mean is None
-    if batch_stats and x.shape[0] * x.shape[2] * x.shape[3] == 1:
-        return "BatchNorm over one value (eager raises the error)"
-    if bn.momentum is None and torch.compiler.is_compiling():
-        return "cumulative-average BatchNorm under torch.compile"
+            return batchnorm_unsupported(bn, x)
     return None
 
 
@@ -142,26 +120,7 @@ def norm_unsupported(module: nn.Module, norm: nn.Module, x: torch.Tensor) -> str
         return "BatchNorm channels differ from the input's"
     if not _same_kind(x, norm.weight, norm.bias, norm.running_mean, norm.running_var):
         return "BatchNorm parameters or statistics of another dtype or not contiguous"
-    return _batchnorm_unsupported(norm, x)
-
-
-def _bn_plan(bn: nn.BatchNorm2d) -> tuple[bool, float, bool]:
-    """The running-statistics logic of ``nn.BatchNorm2d.forward``: counts the batch and
-    returns (use batch statistics, update factor, update the running statistics)."""
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    update = bn.training and bn.track_running_stats
-    if update and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            factor = 1.0 / float(bn.num_batches_tracked)
-    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    return batch_stats, factor, update and bn.running_mean is not None
-
-
-def _update(bn: nn.BatchNorm2d, batch: torch.Tensor, factor: float) -> None:
-    with torch.no_grad():  # running = (1 - factor) running + factor batch (unbiased var)
-        bn.running_mean.lerp_(batch[0].to(bn.running_mean.dtype), factor)
-        bn.running_var.lerp_(batch[1].to(bn.running_var.dtype), factor)
+    return batchnorm_unsupported(norm, x)
 
 
 def _gate_args(module: nn.Module, x: torch.Tensor) -> dict | None:
@@ -180,29 +139,13 @@ def _gate_args(module: nn.Module, x: torch.Tensor) -> dict | None:
         # model.to(memory_format=torch.channels_last) makes this (1, 2, k, k) weight
         # channels_last too; the kernels read it as a dense row-major array.
         args["conv_w"], args["conv_b"] = spatial.conv.weight.contiguous(), spatial.conv.bias
-        args["arrangement"] = _CODES[module.arrangement]
+        args["arrangement"] = CODES[module.arrangement]
         if spatial.bn is not None:
             bn = spatial.bn
             args.update(norm=True, bn_w=bn.weight, bn_b=bn.bias, eps=bn.eps)
             args.update(running_mean=bn.running_mean, running_var=bn.running_var)
     tensors = [v for v in args.values() if isinstance(v, torch.Tensor)]
     return args if _same_kind(x, *tensors) else None
-
-
-def shortcut_fits(x: torch.Tensor, shortcut: torch.Tensor | None) -> bool:
-    """Whether the kernels can add ``shortcut`` to their output for input ``x`` (absent, or
-    of x's shape, dtype and device; otherwise eager's broadcasting and promotion apply)."""
-    if shortcut is None:
-        return True
-    return (shortcut.shape, shortcut.dtype, shortcut.device) == (x.shape, x.dtype, x.device)
-
-
-def _shortcut_like(x: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor | None:
-    """The shortcut with exactly x's strides (a copy where they differ), as the kernels
-    read it."""
-    if shortcut is None or shortcut.stride() == x.stride():
-        return shortcut
-    return torch.empty_like(x).copy_(shortcut)
 
 
 def run_fused(
@@ -221,8 +164,6 @@ def run_fused(
     ReLU. CUDA tensors go to the Triton kernels (:mod:`convattn.fused.triton`)."""
     if module.impl == "eager":
         return None
-    from .triton.dispatch import run_triton, triton_target  # it imports this module
-
     if triton_target(x):
         return run_triton(module, x, shortcut=shortcut, relu=relu, norm=norm)
     if fused_unsupported(module, x) is not None:
@@ -242,7 +183,7 @@ def run_fused(
     gate = _gate_args(module, x)
     if gate is None:
         return None
-    return _call(ops, module, x, gate, _shortcut_like(x, shortcut), relu, norm)
+    return _call(ops, module, x, gate, shortcut_like(x, shortcut), relu, norm)
 
 
 def _call(ops, module, x, gate: dict, shortcut, relu: bool, norm) -> torch.Tensor:
@@ -253,13 +194,13 @@ def _call(ops, module, x, gate: dict, shortcut, relu: bool, norm) -> torch.Tenso
     need_idx = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
     bn = module.spatial.bn if isinstance(module, CBAM) and module.spatial is not None else None
     if bn is not None:
-        batch_stats, factor, update = _bn_plan(bn)
+        batch_stats, factor, update = bn_plan(bn)
         gate["batch_stats"] = batch_stats
         if batch_stats:  # running statistics are read only when used
             gate["running_mean"] = gate["running_var"] = None
     head = {"head": 0, "head_w": None, "head_b": None, "head_rm": None, "head_rv": None}
     if norm is not None:
-        h_batch, h_factor, h_update = _bn_plan(norm)
+        h_batch, h_factor, h_update = bn_plan(norm)
         head.update(head=2 if h_batch else 1, head_w=norm.weight, head_b=norm.bias)
         if not h_batch:
             head.update(head_rm=norm.running_mean, head_rv=norm.running_var)
@@ -268,7 +209,7 @@ def _call(ops, module, x, gate: dict, shortcut, relu: bool, norm) -> torch.Tenso
                        need_idx=need_idx)  # fmt: skip
     y, batch, hbatch = fused_forward(ops, args)
     if bn is not None and update:
-        _update(bn, batch, factor)
+        update_running_stats(bn, batch, factor)
     if norm is not None and h_update:
-        _update(norm, hbatch, h_factor)
+        update_running_stats(norm, hbatch, h_factor)
     return y

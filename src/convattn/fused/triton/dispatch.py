@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from ...layers import CBAM, ChannelAttention
-from ..dispatch import (
-    _CODES,
-    _batchnorm_unsupported,
-    _bn_plan,
-    _eager_only,
-    _shortcut_like,
-    _update,
+from ..common import (
+    CODES,
+    batchnorm_unsupported,
+    bn_plan,
+    eager_only,
     shortcut_fits,
+    shortcut_like,
+    update_running_stats,
 )
 
 __all__ = ["FORCE_CPU_ENV", "norm_unsupported", "run_triton", "triton_target", "triton_unsupported"]
@@ -69,14 +69,14 @@ def _parts(module: CBAM | ChannelAttention) -> tuple[ChannelAttention, nn.Module
         return module, None, 0
     if module.spatial is None:
         return module.channel, None, 0
-    return module.channel, module.spatial, _CODES[module.arrangement]
+    return module.channel, module.spatial, CODES[module.arrangement]
 
 
 def triton_unsupported(module: nn.Module, x: torch.Tensor) -> str | None:
     """Why the Triton kernels cannot run ``module`` on ``x``, or ``None`` when they can."""
     if not isinstance(module, CBAM | ChannelAttention):
         return f"{type(module).__name__} (Triton: CBAM, channel attention, SE)"
-    if _eager_only():
+    if eager_only():
         return "tracing, scripting, exporting or a functorch transform"
     if not triton_available():
         return "Triton is not installed"
@@ -101,7 +101,7 @@ def triton_unsupported(module: nn.Module, x: torch.Tensor) -> str | None:
     if spatial.bn is not None:
         if type(spatial.bn) is not nn.BatchNorm2d:
             return f"{type(spatial.bn).__name__} in the spatial gate (Triton: nn.BatchNorm2d)"
-        return _batchnorm_unsupported(spatial.bn, x)
+        return batchnorm_unsupported(spatial.bn, x)
     return None
 
 
@@ -133,7 +133,7 @@ def norm_unsupported(norm: nn.Module, x: torch.Tensor) -> str | None:
     tensors = [*norm.parameters(), *norm.buffers()]
     if any(t.device != x.device or not t.is_floating_point() for t in tensors if t.dim()):
         return "BatchNorm parameters on another device or not floating point"
-    return _batchnorm_unsupported(norm, x)
+    return batchnorm_unsupported(norm, x)
 
 
 def _tail_args(x: torch.Tensor, shortcut, relu: bool, norm) -> tuple[list, dict | None]:
@@ -141,12 +141,12 @@ def _tail_args(x: torch.Tensor, shortcut, relu: bool, norm) -> tuple[list, dict 
     (``None``: none folded)."""
     plan, head = None, [0, None, None, None, None, 0.0]
     if norm is not None:
-        batch_stats, factor, update = _bn_plan(norm)
+        batch_stats, factor, update = bn_plan(norm)
         head = [2 if batch_stats else 1, norm.weight, norm.bias, None, None, norm.eps]
         if not batch_stats:  # running statistics are read only when used
             head[3:5] = norm.running_mean, norm.running_var
         plan = {"bn": norm, "factor": factor, "update": update}
-    return [_shortcut_like(x, shortcut), relu, *head], plan
+    return [shortcut_like(x, shortcut), relu, *head], plan
 
 
 def _device_guard(x: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -186,7 +186,7 @@ def run_triton(
     conv = (None, None) if spatial is None else (spatial.conv.weight, spatial.conv.bias)
     mode, stats, factor, update = 0, (None, None, None, None), 0.0, False
     if bn is not None:
-        batch_stats, factor, update = _bn_plan(bn)
+        batch_stats, factor, update = bn_plan(bn)
         mode = 2 if batch_stats else 1
         stats = (bn.weight, bn.bias, None, None)
         if not batch_stats:  # running statistics are read only when used
@@ -202,7 +202,7 @@ def run_triton(
             *tail,
         )  # fmt: skip
     if update:
-        _update(bn, batch, factor)
+        update_running_stats(bn, batch, factor)
     if plan is not None and plan["update"]:
-        _update(plan["bn"], hbatch, plan["factor"])
+        update_running_stats(plan["bn"], hbatch, plan["factor"])
     return y
