@@ -136,17 +136,17 @@ def norm_unsupported(norm: nn.Module, x: torch.Tensor) -> str | None:
     return batchnorm_unsupported(norm, x)
 
 
-def _tail_args(x: torch.Tensor, shortcut, relu: bool, norm) -> tuple[list, dict | None]:
-    """The operator's residual-tail arguments, and the folded BatchNorm's plan
-    (``None``: none folded)."""
-    plan, head = None, [0, None, None, None, None, 0.0]
-    if norm is not None:
-        batch_stats, factor, update = bn_plan(norm)
-        head = [2 if batch_stats else 1, norm.weight, norm.bias, None, None, norm.eps]
-        if not batch_stats:  # running statistics are read only when used
-            head[3:5] = norm.running_mean, norm.running_var
-        plan = {"bn": norm, "factor": factor, "update": update}
-    return [shortcut_like(x, shortcut), relu, *head], plan
+def _bn_args(bn: nn.BatchNorm2d | None) -> tuple[int, tuple, float, float, bool]:
+    """A BatchNorm as the operator takes it: its mode (0 none, 1 running statistics, 2 the
+    batch's), (weight, bias, running mean, running variance), eps, and the update factor
+    and whether to update its running statistics (nn.BatchNorm2d's logic, counted)."""
+    if bn is None:
+        return 0, (None, None, None, None), 0.0, 0.0, False
+    batch_stats, factor, update = bn_plan(bn)
+    stats = (bn.weight, bn.bias, None, None)
+    if not batch_stats:  # running statistics are read only when used
+        stats = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    return 2 if batch_stats else 1, stats, bn.eps, factor, update
 
 
 def _device_guard(x: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -184,25 +184,19 @@ def run_triton(
     fc1, fc2 = channel.fc1, channel.fc2
     bn = None if spatial is None else spatial.bn
     conv = (None, None) if spatial is None else (spatial.conv.weight, spatial.conv.bias)
-    mode, stats, factor, update = 0, (None, None, None, None), 0.0, False
-    if bn is not None:
-        batch_stats, factor, update = bn_plan(bn)
-        mode = 2 if batch_stats else 1
-        stats = (bn.weight, bn.bias, None, None)
-        if not batch_stats:  # running statistics are read only when used
-            stats = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    mode, stats, eps, factor, update = _bn_args(bn)
+    head, hstats, heps, hfactor, hupdate = _bn_args(norm)
     x = _canonical(x)
-    tail, plan = _tail_args(x, shortcut, relu, norm)  # the shortcut with x's strides
     pools = channel.pool_types
     off = torch.autocast(x.device.type, enabled=False)  # the op computes in float32
     with off, _device_guard(x):
         y, *_, batch, _, hbatch = ops.cbam_forward(
             x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, *conv, *stats,
-            "avg" in pools, "max" in pools, arrangement, mode, 0.0 if bn is None else bn.eps,
-            *tail,
+            "avg" in pools, "max" in pools, arrangement, mode, eps,
+            shortcut_like(x, shortcut), relu, head, *hstats, heps,
         )  # fmt: skip
     if update:
         update_running_stats(bn, batch, factor)
-    if plan is not None and plan["update"]:
-        update_running_stats(plan["bn"], hbatch, plan["factor"])
+    if hupdate:
+        update_running_stats(norm, hbatch, hfactor)
     return y
