@@ -20,7 +20,15 @@ from .distributed import DistInfo
 from .optim import build_optimizer, build_scheduler
 from .sync_bn import convert_sync_batchnorm
 
-__all__ = ["RunData", "TrainParts", "build_data", "build_model", "build_parts", "num_skipped"]
+__all__ = [
+    "RunData",
+    "TrainParts",
+    "build_data",
+    "build_model",
+    "build_parts",
+    "compile_model",
+    "num_skipped",
+]
 
 log = logging.getLogger("convattn")
 
@@ -127,5 +135,25 @@ def build_parts(cfg: Config, data: RunData, device: torch.device, dist: DistInfo
         ids = [device.index] if device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.run.compile:
-        train_model = torch.compile(train_model)
+        train_model = compile_model(train_model, cfg, device)
     return TrainParts(model, train_model, optimizer, scheduler, scaler, ema, device)
+
+
+def compile_model(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """``torch.compile(model)``, with a warning where Inductor is known to compute wrong
+    values: on an AVX-512 CPU under bfloat16 autocast. Its AVX-512 code for some
+    half-precision tiles (a boolean mask applied to two tensors it keeps channels-last)
+    comes out wrong at -O3 and right at -O0 (README, "Known issue"); a CBAM network's
+    first backward is then NaN, in either memory format."""
+    if (
+        device.type == "cpu"
+        and cfg.run.amp == "bf16"
+        and torch.backends.cpu.get_cpu_capability() == "AVX512"
+    ):
+        log.warning(
+            "run.compile with run.amp=bf16 on an AVX-512 CPU: Inductor (torch %s) can "
+            "compute wrong gradients; set torch._inductor.config.cpp.simdlen = 256 "
+            "(README, Known issue)",
+            torch.__version__,
+        )
+    return torch.compile(model)
