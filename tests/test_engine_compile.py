@@ -40,12 +40,12 @@ def _masked_sum(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.T
     return torch.where(mask, 0.0, a.float() + b.float()).contiguous()
 
 
-def _inputs(layout: torch.memory_format) -> tuple[torch.Tensor, ...]:
+def _inputs() -> tuple[torch.Tensor, ...]:
+    """A contiguous mask and two bfloat16 channels-last tensors."""
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(8, 64, 8, 8, generator=g) < 0.3
-    a, b = (
-        torch.randn(8, 64, 8, 8, generator=g).bfloat16().to(memory_format=layout) for _ in range(2)
-    )
+    cl = torch.channels_last
+    a, b = (torch.randn(8, 64, 8, 8, generator=g).bfloat16().to(memory_format=cl) for _ in "ab")
     return mask, a, b
 
 
@@ -55,7 +55,7 @@ def test_the_fault_the_warning_names_is_still_there_and_avx2_code_avoids_it():
     # compile_model and the README's "Known issue".
     import torch._inductor.config as inductor
 
-    mixed = _inputs(torch.channels_last)
+    mixed = _inputs()
     torch._dynamo.reset()
     got = torch.compile(_masked_sum)(*mixed)
     assert (got != _masked_sum(*mixed)).float().mean() > 0.3
