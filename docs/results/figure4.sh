@@ -14,10 +14,13 @@ seed=${2:-0}
 py=${PYTHON:-.venv/bin/python}
 out=${OUT:-docs/results/figure4.png}
 runs=${RUNS:-docs/results/sweeps/runs}
-pick() {  # the finished run folder of a variant and seed
+pick() {  # the finished run folder of a variant and seed that still has its weights
     local dir
     for dir in "$runs/$1-s$seed-"*/; do
-        [ -f "$dir/summary.json" ] && { echo "${dir%/}"; return; }
+        [ -f "$dir/summary.json" ] || continue
+        [ -f "$dir/best.safetensors" ] || [ -f "$dir/checkpoint.pt" ] && { echo "${dir%/}"; return; }
+        echo "${dir%/}: finished, but its weights are not here (they are not committed): pass another SEED or rerun it" >&2
+        exit 1
     done
     echo "no finished run $runs/$1-s$seed-*" >&2
     exit 1
