@@ -351,6 +351,11 @@ def test_run_key_ignores_location_execution_options_and_defaults(tmp_path):
         ({"seeds": [0, 0]}, "seeds must be a non-empty list of distinct ints"),
         ({"overrides": {"optim.lrr": 0.1}}, "unknown config key optim.'lrr'"),
         ({"overrides": {"run.seed": 3}}, "run.seed is set by the sweep"),
+        ({"variants": [{"model": "cifar_resnet20"}]}, "tiny.yaml: variants must be a mapping"),
+        (
+            {"variants": {"a": {"model": "cifar_resnet20", "model_kwargs": {"attn_int": "x"}}}},
+            "variant 'a': got an unexpected keyword argument 'attn_int'",
+        ),
     ],
 )
 def test_grid_errors_name_the_key_and_the_valid_ones(tmp_path, fields, message, capsys):

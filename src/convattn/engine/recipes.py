@@ -122,10 +122,14 @@ def merge_sections(base: dict[str, Any], override: dict[str, Any]) -> dict[str, 
 
 def packaged_file(path: str | Path, folder: Path, what: str) -> Path:
     """``path`` itself if it is a file, else the YAML file of that name in ``folder``
-    ("cifar10" or "cifar10.yaml"); the error names ``what`` and lists the packaged ones."""
+    ("cifar10" or "cifar10.yaml", a name without a folder); the error names ``what``
+    and lists the packaged ones."""
     p = Path(path)
     if p.is_file():
         return p
+    if len(p.parts) > 1:  # a path, not a name: never fall back to a packaged file
+        raise FileNotFoundError(f"{what} file not found: {p} (a packaged {what} is named "
+                                f"without a folder, e.g. {p.stem})")  # fmt: skip
     packaged = folder / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
     if packaged.is_file():
         return packaged

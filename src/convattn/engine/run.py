@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..data.cache import atomic_write
 from .config import Config
 from .lock import FolderLock
 from .recipes import save_config
@@ -91,6 +92,7 @@ class Run:
             )
         if not (self.dir / "config.yaml").exists():
             save_config(cfg, self.dir / "config.yaml")
+        _cut_partial_line(self.dir / "metrics.jsonl")
         handler = logging.FileHandler(self.dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
@@ -190,17 +192,43 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_summary(folder: str | Path, rows: list[dict[str, Any]]) -> str:
-    """Write ``summary.json`` and ``summary.md`` (the table) into ``folder``; return the table."""
+    """Write ``summary.json`` and ``summary.md`` (the table) into ``folder``, each
+    atomically (a reader never sees half a file); return the table."""
     folder = Path(folder)
     table = format_table(rows)
-    (folder / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (folder / "summary.md").write_text(table + "\n")
+    text = json.dumps(rows, indent=2) + "\n"
+    atomic_write(folder / "summary.md", lambda tmp: tmp.write_text(table + "\n"))
+    atomic_write(folder / "summary.json", lambda tmp: tmp.write_text(text))  # last: "finished"
     return table
 
 
+def _cut_partial_line(path: Path) -> None:
+    """Drop what follows the last newline of ``path`` (a record cut short by a kill), so
+    that the records appended next start on a line of their own."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) < len(data):
+        log.warning("%s: a cut-off last record, removed", path)
+        with open(path, "r+b") as f:
+            f.truncate(len(whole))
+
+
 def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics.jsonl`` (empty if there is none)."""
+    """The records of a run's ``metrics.jsonl`` (empty if there is none). A last line cut
+    short (the process killed while appending it) is left out with a warning; a bad line
+    before it is an error naming the file and line."""
     path = Path(folder) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(i, s) for i, s in enumerate(path.read_text().splitlines(), 1) if s.strip()]
+    records = []
+    for i, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i != lines[-1][0]:
+                raise ValueError(f"{path}:{i}: not a JSON record ({err})") from None
+            log.warning("%s:%d: a cut-off last record, left out", path, i)
+    return records

@@ -135,11 +135,12 @@ def grid_path(grid: str | Path) -> Path:
     return packaged_file(grid, EXPERIMENTS, "grid")
 
 
-def _check_keys(data: Any, valid: tuple[str, ...], where: str) -> dict[str, Any]:
+def _check_keys(data: Any, valid: tuple[str, ...] | None, where: str) -> dict[str, Any]:
+    """``data`` if it is a mapping whose keys are all ``valid`` (any key if ``None``)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {data!r}")
     for key in data:
-        if key not in valid:
+        if valid is not None and key not in valid:
             raise ValueError(f"{where}: unknown key {key!r} (valid: {', '.join(valid)})")
     return data
 
@@ -207,7 +208,11 @@ def load_grid(grid: str | Path, preset: str) -> Grid:
     """
     path = grid_path(grid)
     where = path.name
-    data = _check_keys(yaml.safe_load(path.read_text()) or {}, GRID_KEYS, where)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
+    data = _check_keys(raw or {}, GRID_KEYS, where)
     presets = data.get("presets")
     if not isinstance(presets, dict) or not presets:
         raise ValueError(f"{where}: presets must be a non-empty mapping of preset names")
@@ -222,7 +227,8 @@ def load_grid(grid: str | Path, preset: str) -> Grid:
         apply_overrides(recipe, {})
     except ValueError as err:
         raise ValueError(f"{where}: preset {preset!r}: {err}") from None
-    variants = {**(data.get("variants") or {}), **(pre.get("variants") or {})}
+    parts = [_check_keys(p.get("variants") or {}, None, f"{where}: variants") for p in (data, pre)]
+    variants = {**parts[0], **parts[1]}
     if not variants:
         raise ValueError(f"{where}: variants must be a non-empty mapping")
     for name, v in variants.items():
@@ -246,6 +252,7 @@ def variant_config(
     try:
         cfg = apply_overrides(grid.recipe, keys)
         spec = get_model_spec(cfg.model)
+        inspect.signature(spec.builder).bind_partial(**{**spec.fixed, **cfg.model_kwargs})
         if cfg.attn:
             get_attention(_attention_name(spec.fixed), **cfg.attn)
     except (ValueError, TypeError) as err:

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DATA_ENV
+from ..engine.config import config_fields
 from ..engine.fit import StopRequested, fit
 from ..engine.lock import FolderLock
-from ..engine.recipes import config_to_dict, flatten, save_config
+from ..engine.recipes import config_to_dict, flatten, load_config, save_config
 from ..engine.resume import EXECUTION_KEYS, resume_config
 from ..engine.run import read_metrics
 from .grid import RunSpec
@@ -111,14 +112,19 @@ def is_finished(folder: Path, epochs: int) -> bool:
 
 
 def _clear_start(folder: Path) -> None:
-    """Remove what an attempt that never reached a checkpoint left (its log stays)."""
+    """Remove what an attempt that never reached a checkpoint left (its log stays),
+    saying so when that includes results."""
+    results = [n for n in ("summary.json", "metrics.jsonl") if (folder / n).is_file()]
+    if results:
+        log.warning("%s: no checkpoint.pt, so the run starts over; removing its %s",
+                    folder, " and ".join(results))  # fmt: skip
     for name in _START_FILES:
         (folder / name).unlink(missing_ok=True)
 
 
 def _execution(spec: RunSpec) -> dict[str, Any]:
     flat = flatten(config_to_dict(spec.config))
-    return {k: flat[k] for k in EXECUTION_KEYS if k in flat}
+    return {k: flat[k] for k in sorted(EXECUTION_KEYS) if k in flat}
 
 
 def _train(spec: RunSpec, folder: Path) -> Outcome:
@@ -173,8 +179,29 @@ def run_sweep(
             + (f": {outcome.detail}" if outcome.detail else "")
         )
         if after_run is not None and outcome.status in ("trained", "resumed"):
-            after_run(outcome)
+            try:
+                after_run(outcome)
+            except Exception as err:  # e.g. a summary that cannot be written now
+                log.warning("after run %s: %s: %s", outcome.folder, type(err).__name__, err)
     return outcomes
+
+
+def _execution_flags(spec: RunSpec, folder: Path) -> list[str]:
+    """``convattn train`` options for the execution keys in which ``spec`` differs from
+    the run's own ``config.yaml`` (from the defaults if it has none)."""
+    fields = {f.key: f for f in config_fields()}
+    flags = {k: f.flag for k, f in fields.items()}
+    saved = folder / "config.yaml"
+    own = flatten(config_to_dict(load_config(saved))) if saved.is_file() else {}
+    out: list[str] = []
+    for key, value in _execution(spec).items():
+        if value == own.get(key, fields[key].default):
+            continue
+        if isinstance(value, bool):
+            out.append(flags[key] if value else "--no-" + flags[key][2:])
+        elif value is not None:
+            out += [flags[key], str(value)]
+    return out
 
 
 def _command(spec: RunSpec, folder: Path) -> str:
@@ -182,7 +209,8 @@ def _command(spec: RunSpec, folder: Path) -> str:
     env = os.environ.get(DATA_ENV)
     prefix = f"{DATA_ENV}={shlex.quote(env)} " if env else ""
     if (folder / "checkpoint.pt").is_file():
-        return f"{prefix}convattn train --resume {shlex.quote(str(folder))}"
+        flags = "".join(f" {shlex.quote(a)}" for a in _execution_flags(spec, folder))
+        return f"{prefix}convattn train --resume {shlex.quote(str(folder))}{flags}"
     config, out = shlex.quote(str(folder / SWEEP_CONFIG)), shlex.quote(str(folder.parent))
     name = shlex.quote(folder.name)
     return f"{prefix}convattn train --config {config} --output {out} --run-name {name}"

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.cache import atomic_write
 from ..engine.run import read_metrics
 from .grid import Grid, RunSpec
 
@@ -48,21 +47,8 @@ __all__ = [
 INDEX_DIR = "grids"
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` beside ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_index(sweep_dir: str | Path, grid: Grid, runs: Sequence[RunSpec]) -> Path:
@@ -245,7 +231,7 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     lines.set_title("mean curves: validation (solid), training (dashed)")
     if summary["curves"]:
         lines.legend(fontsize="small")
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def summarize(sweep_dir: str | Path, labels: Sequence[str] | None = None) -> list[Path]:
