@@ -139,7 +139,8 @@ def test_shards_are_disjoint_and_cover_the_grid(tmp_path, capsys):
     grid_path = tmp_path / "tiny.yaml"
     assert _sweep(grid_path, "--dir", tmp_path / "s", "--shard", "2/2", "--print-commands") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [shlex.split(ln)[-1] for ln in lines] == [r.name for r in shard(runs, 2, 2)]
+    names = [(w := shlex.split(ln))[w.index("--run-name") + 1] for ln in lines]
+    assert names == [r.name for r in shard(runs, 2, 2)]
     assert _sweep(grid_path, "--shard", "3/2") == 2
     assert "1 <= K <= N" in capsys.readouterr().err
 
@@ -196,8 +197,10 @@ def test_a_run_stopped_midway_is_resumed_by_the_sweep_and_ends_as_an_uninterrupt
     folder = tmp_path / "b" / "runs" / b.name
     state = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (0, 2)
+    here = folder.resolve()
     assert pending_commands([b], tmp_path / "b" / "runs") == [
-        f"convattn train --resume {shlex.quote(str(folder.resolve()))}"
+        f"convattn train --config {shlex.quote(str(here / 'sweep-config.yaml'))} --output "
+        f"{shlex.quote(str(here.parent))} --run-name {b.name} --resume-existing"
     ]
     assert [o.status for o in run_sweep([b], tmp_path / "b" / "runs")] == ["resumed"]
     assert _records(folder) == _records(tmp_path / "a" / "runs" / a.name)

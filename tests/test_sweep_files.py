@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from convattn.cli import main
@@ -17,14 +22,14 @@ from convattn.engine import load_config
 from convattn.engine.recipes import save_config
 from convattn.engine.run import Run, read_metrics
 from convattn.sweep import expand, load_grid
-from convattn.sweep.runner import pending_commands, run_sweep
+from convattn.sweep.runner import run_sweep
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "sweeps"
 RECIPE = {
     "data.path": "synthetic:train=32,val=16",
     "data.batch_size": 16,
     "schedule.epochs": 1,
-    "run.max_steps": 1,
+    "run.max_steps": 2,
     "run.progress": False,
 }
 
@@ -74,32 +79,83 @@ def test_a_grid_path_that_does_not_exist_never_falls_back_to_the_packaged_grid(t
     assert f"grid file not found: {missing}" in err and not (tmp_path / "s").exists()
 
 
-def test_a_start_without_a_checkpoint_says_it_removes_the_results_it_finds(tmp_path, caplog):
-    (spec,) = expand(load_grid(_grid(tmp_path), "quick"), tmp_path / "runs")
-    folder = tmp_path / "runs" / spec.name
-    folder.mkdir(parents=True)
+def _train_line(tmp_path: Path, capsys) -> tuple[Path, list[str]]:
+    """The run folder of the one-run grid and its printed command's arguments."""
+    grid = _grid(tmp_path)
+    (spec,) = expand(load_grid(grid, "quick"), tmp_path / "s" / "runs")
+    assert main(["sweep", str(grid), "--dir", str(tmp_path / "s"), "--print-commands"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    words = shlex.split(line)
+    assert words[:2] == ["convattn", "train"] and words[-1] == "--resume-existing"
+    return (tmp_path / "s" / "runs" / spec.name).resolve(), words[1:]
+
+
+def test_a_restart_without_a_checkpoint_says_it_removes_the_results_it_finds(
+    tmp_path, capsys, caplog, monkeypatch
+):
+    monkeypatch.delenv("CONVATTN_DATA", raising=False)
+    folder, args = _train_line(tmp_path, capsys)
+    save_config(load_config(folder / "sweep-config.yaml"), folder / "config.yaml")
     (folder / "summary.json").write_text("[]\n")
-    (folder / "metrics.jsonl").write_text('{"epoch": 7}\n')  # not this recipe's last epoch
+    (folder / "metrics.jsonl").write_text('{"epoch": 7}\n')  # left by an attempt
     with caplog.at_level(logging.WARNING, "convattn"):
-        (line,) = pending_commands([spec], tmp_path / "runs")
+        assert main(args) == 0
     assert "no checkpoint.pt, so the run starts over; removing its summary.json and " \
         "metrics.jsonl" in caplog.text  # fmt: skip
-    assert not (folder / "summary.json").exists() and "--config" in line
+    assert [r["epoch"] for r in read_metrics(folder)] == [1]
 
 
-def test_the_command_that_resumes_a_run_passes_the_execution_options_that_changed(tmp_path):
-    (started,) = expand(load_grid(_grid(tmp_path), "quick"), tmp_path / "runs")
-    folder = tmp_path / "runs" / started.name
-    folder.mkdir(parents=True)
-    save_config(started.config, folder / "config.yaml")  # started with workers 2, progress off
-    (folder / "checkpoint.pt").write_bytes(b"")  # only its presence is read here
-    now = {"run.threads": 1, "data.workers": 0, "run.progress": False, "run.device": "cpu"}
-    (spec,) = expand(load_grid(_grid(tmp_path), "quick"), tmp_path / "runs", now)
-    (line,) = pending_commands([spec], tmp_path / "runs")
-    words = shlex.split(line)
-    assert words[:3] == ["convattn", "train", "--resume"]
-    assert words[3] == str(folder.resolve())
-    assert words[4:] == ["--workers", "0", "--device", "cpu", "--threads", "1"]
+def test_the_printed_command_runs_again_after_a_stop_and_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CONVATTN_DATA", raising=False)
+    folder, args = _train_line(tmp_path, capsys)
+    stop = torch.nn.modules.module.register_module_forward_pre_hook(_sigint_on_first_step())
+    try:
+        assert main(args) == 130  # stopped with its checkpoint saved
+    finally:
+        stop.remove()
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert not (folder / "summary.json").exists()
+    assert main(args) == 0  # the same line again: resumed to the end
+    assert [r["epoch"] for r in read_metrics(folder)] == [1]
+    assert (folder / "summary.json").is_file()
+    assert main(args) == 0  # and once more, finished: nothing is trained or appended
+    assert [r["epoch"] for r in read_metrics(folder)] == [1]
+
+
+def test_the_printed_command_refuses_a_folder_holding_another_recipe(tmp_path, capsys):
+    folder, args = _train_line(tmp_path, capsys)
+    other = load_config(folder / "sweep-config.yaml", {"optim.lr": 0.5})
+    save_config(other, folder / "config.yaml")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "optim.lr" in err
+    assert load_config(folder / "config.yaml").optim.lr == 0.5  # left as it was
+
+
+def test_the_printed_command_leaves_a_run_in_use_elsewhere_untouched(tmp_path, capsys):
+    folder, args = _train_line(tmp_path, capsys)
+    save_config(load_config(folder / "sweep-config.yaml"), folder / "config.yaml")
+    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')  # the other process's, before
+    hold = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); " \
+        "print('locked', flush=True); time.sleep(60)"  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder / "run.lock")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(args) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "in use" in capsys.readouterr().err
+    assert (folder / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+def _sigint_on_first_step():
+    def interrupt(module, args):  # SIGINT in the first training forward of the network
+        if type(module).__name__ == "ResNet" and module.training:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return interrupt
 
 
 def test_a_summary_that_fails_after_a_run_does_not_end_the_sweep(tmp_path, caplog):

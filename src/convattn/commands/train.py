@@ -8,8 +8,10 @@ recipe, which overrides the defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import typing
+from pathlib import Path
 
 from ..engine.config import ConfigField, config_fields
 from ..layers import IMPLS
@@ -29,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run folder (or checkpoint) to continue with its own recipe; options given "
         "with it may change only how it executes (threads, workers, progress, device) and, "
         "for a step schedule, the number of epochs",
+    )
+    p.add_argument(
+        "--resume-existing",
+        action="store_true",
+        help="with --run-name: if the run folder already holds this recipe's run, resume it "
+        "(or start it over if it stopped before its first checkpoint) instead of refusing; "
+        "makes one command safe to run again, e.g. by a job queue after a preemption",
     )
     add_config_options(p, config_fields())
     p.set_defaults(func=run)
@@ -55,8 +64,34 @@ def add_config_options(p: argparse.ArgumentParser, fields: list[ConfigField]) ->
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, typing.Any]:
-    skip = {"command", "func", "config", "resume", "detect_command"}
+    skip = {"command", "func", "config", "resume", "resume_existing", "detect_command"}
     return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def _named_folder(cfg: typing.Any) -> Path:
+    if not cfg.run.name:
+        raise ValueError("--resume-existing needs --run-name: the run folder to start or resume")
+    return Path(cfg.run.output) / cfg.run.name
+
+
+def _start_or_resume(cfg: typing.Any, cls: type) -> tuple[typing.Any, Path | None]:
+    """``(config, resume)`` for ``--resume-existing``: the run's own config to resume its
+    checkpoint with (``cfg``'s execution options applied), or ``cfg`` to start, clearing
+    what an attempt before its first checkpoint left. Another recipe's run is an error."""
+    from ..engine import load_config, resume_config
+    from ..engine.recipes import config_to_dict, flatten
+    from ..engine.resume import EXECUTION_KEYS, check_resume
+    from ..engine.run import clear_start
+
+    folder = _named_folder(cfg)
+    if (folder / "checkpoint.pt").is_file():
+        execution = {k: v for k, v in flatten(config_to_dict(cfg)).items() if k in EXECUTION_KEYS}
+        return resume_config(folder, execution, cls=cls), folder
+    if (folder / "config.yaml").is_file():
+        saved = load_config(folder / "config.yaml", cls=cls)
+        check_resume(saved, cfg, done_epochs=0, where=str(folder))
+        clear_start(folder)
+    return cfg, None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,18 +111,24 @@ def train_and_report(
     ``fit_fn``; prints its summary row with ``table``. Returns 0, or 130 when stopped by a
     signal (checkpoint saved)."""
     from ..engine import StopRequested, load_config, resume_config
+    from ..engine.lock import FolderLock
     from ..engine.recipes import read_recipe
 
-    if args.resume is not None:
-        recipe = read_recipe(args.config) if args.config else None
-        cfg = resume_config(args.resume, overrides_from(args), recipe, cls=cls)
-    else:
-        cfg = load_config(args.config, overrides_from(args), cls=cls)
-    try:
-        row = fit_fn(cfg, resume=args.resume)
-    except StopRequested as stop:
-        print(f"stopped; checkpoint saved: {stop}")
-        return 130
+    resume = args.resume
+    with contextlib.ExitStack() as held:
+        if resume is not None:
+            recipe = read_recipe(args.config) if args.config else None
+            cfg = resume_config(resume, overrides_from(args), recipe, cls=cls)
+        else:
+            cfg = load_config(args.config, overrides_from(args), cls=cls)
+            if getattr(args, "resume_existing", False):
+                held.enter_context(FolderLock(_named_folder(cfg)))  # RunLocked if in use
+                cfg, resume = _start_or_resume(cfg, cls)
+        try:
+            row = fit_fn(cfg, resume=resume)
+        except StopRequested as stop:
+            print(f"stopped; checkpoint saved: {stop}")
+            return 130
     print(table([row]))
     print(f"run folder: {row['run_dir']}")
     return 0

@@ -30,8 +30,10 @@ from .recipes import save_config
 
 __all__ = [
     "RUN_FILES",
+    "START_FILES",
     "SUMMARY_COLUMNS",
     "Run",
+    "clear_start",
     "format_table",
     "read_metrics",
     "write_summary",
@@ -39,6 +41,9 @@ __all__ = [
 
 #: Files whose presence means a folder holds a run.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt")
+#: What a start leaves in a folder before its first checkpoint (cleared on a new start).
+START_FILES = ("config.yaml", "metrics.jsonl", "dataset.json", "best.safetensors",
+               "summary.json", "summary.md")  # fmt: skip
 
 log = logging.getLogger("convattn")
 
@@ -200,6 +205,17 @@ def write_summary(folder: str | Path, rows: list[dict[str, Any]]) -> str:
     atomic_write(folder / "summary.md", lambda tmp: tmp.write_text(table + "\n"))
     atomic_write(folder / "summary.json", lambda tmp: tmp.write_text(text))  # last: "finished"
     return table
+
+
+def clear_start(folder: Path) -> None:
+    """Remove what an attempt that never reached a checkpoint left in ``folder`` (its
+    log stays), saying so when that includes results. The caller holds its lock."""
+    results = [n for n in ("summary.json", "metrics.jsonl") if (folder / n).is_file()]
+    if results:
+        log.warning("%s: no checkpoint.pt, so the run starts over; removing its %s",
+                    folder, " and ".join(results))  # fmt: skip
+    for name in START_FILES:
+        (folder / name).unlink(missing_ok=True)
 
 
 def _cut_partial_line(path: Path) -> None:

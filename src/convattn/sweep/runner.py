@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DATA_ENV
-from ..engine.config import config_fields
 from ..engine.fit import StopRequested, fit
 from ..engine.lock import FolderLock
-from ..engine.recipes import config_to_dict, flatten, load_config, save_config
+from ..engine.recipes import config_to_dict, flatten, save_config
 from ..engine.resume import EXECUTION_KEYS, resume_config
-from ..engine.run import read_metrics
+from ..engine.run import clear_start, read_metrics
 from .grid import RunSpec
 
 __all__ = [
@@ -58,9 +57,6 @@ __all__ = [
 FAILED_FILE = "failed.txt"
 #: The resolved config that a job-queue command trains, in the run folder.
 SWEEP_CONFIG = "sweep-config.yaml"
-#: What a start leaves in a folder before its first checkpoint (cleared on a new start).
-_START_FILES = ("config.yaml", "metrics.jsonl", "dataset.json", "best.safetensors",
-                "summary.json", "summary.md")  # fmt: skip
 
 log = logging.getLogger("convattn")
 
@@ -111,17 +107,6 @@ def is_finished(folder: Path, epochs: int) -> bool:
     return bool(records) and records[-1].get("epoch") == epochs
 
 
-def _clear_start(folder: Path) -> None:
-    """Remove what an attempt that never reached a checkpoint left (its log stays),
-    saying so when that includes results."""
-    results = [n for n in ("summary.json", "metrics.jsonl") if (folder / n).is_file()]
-    if results:
-        log.warning("%s: no checkpoint.pt, so the run starts over; removing its %s",
-                    folder, " and ".join(results))  # fmt: skip
-    for name in _START_FILES:
-        (folder / name).unlink(missing_ok=True)
-
-
 def _execution(spec: RunSpec) -> dict[str, Any]:
     flat = flatten(config_to_dict(spec.config))
     return {k: flat[k] for k in sorted(EXECUTION_KEYS) if k in flat}
@@ -135,7 +120,7 @@ def _train(spec: RunSpec, folder: Path) -> Outcome:
         if resume:
             fit(resume_config(folder, _execution(spec)), resume=folder)
         else:
-            _clear_start(folder)
+            clear_start(folder)
             fit(spec.config)
     except StopRequested:
         raise
@@ -186,43 +171,25 @@ def run_sweep(
     return outcomes
 
 
-def _execution_flags(spec: RunSpec, folder: Path) -> list[str]:
-    """``convattn train`` options for the execution keys in which ``spec`` differs from
-    the run's own ``config.yaml`` (from the defaults if it has none)."""
-    fields = {f.key: f for f in config_fields()}
-    flags = {k: f.flag for k, f in fields.items()}
-    saved = folder / "config.yaml"
-    own = flatten(config_to_dict(load_config(saved))) if saved.is_file() else {}
-    out: list[str] = []
-    for key, value in _execution(spec).items():
-        if value == own.get(key, fields[key].default):
-            continue
-        if isinstance(value, bool):
-            out.append(flags[key] if value else "--no-" + flags[key][2:])
-        elif value is not None:
-            out += [flags[key], str(value)]
-    return out
-
-
-def _command(spec: RunSpec, folder: Path) -> str:
-    """The ``convattn train`` line that trains or resumes ``folder``."""
+def _command(folder: Path) -> str:
+    """The ``convattn train`` line that starts, resumes or restarts ``folder``'s run."""
     env = os.environ.get(DATA_ENV)
     prefix = f"{DATA_ENV}={shlex.quote(env)} " if env else ""
-    if (folder / "checkpoint.pt").is_file():
-        flags = "".join(f" {shlex.quote(a)}" for a in _execution_flags(spec, folder))
-        return f"{prefix}convattn train --resume {shlex.quote(str(folder))}{flags}"
     config, out = shlex.quote(str(folder / SWEEP_CONFIG)), shlex.quote(str(folder.parent))
     name = shlex.quote(folder.name)
-    return f"{prefix}convattn train --config {config} --output {out} --run-name {name}"
+    return (f"{prefix}convattn train --config {config} --output {out} --run-name {name} "
+            "--resume-existing")  # fmt: skip
 
 
 def pending_commands(runs: Sequence[RunSpec], runs_dir: str | Path) -> list[str]:
     """One self-contained shell command per run that is neither finished nor running.
 
-    A new run's resolved config is written into its folder (``sweep-config.yaml``) and
-    the command trains it there; an interrupted run's command resumes it. Paths are
-    absolute; ``$CONVATTN_DATA``, when set, is passed on. Each command takes the run
-    folder's lock when it starts, so a command run twice never trains a run twice.
+    The run's resolved config is written into its folder (``sweep-config.yaml``) and
+    the command (``convattn train ... --resume-existing``) trains it there: it starts
+    the run, resumes it from its checkpoint, or starts it over if it stopped before its
+    first one, so the same line may run again after a preemption. Paths are absolute;
+    ``$CONVATTN_DATA``, when set, is passed on. Each command holds the run folder's lock
+    while it trains, so a command run twice at once never trains a run twice.
     """
     lines = []
     for spec in runs:
@@ -233,10 +200,8 @@ def pending_commands(runs: Sequence[RunSpec], runs_dir: str | Path) -> list[str]
         try:
             if is_finished(folder, spec.config.schedule.epochs):
                 continue
-            if not (folder / "checkpoint.pt").is_file():
-                _clear_start(folder)
-                save_config(spec.config, folder / SWEEP_CONFIG)
-            lines.append(_command(spec, folder))
+            save_config(spec.config, folder / SWEEP_CONFIG)
+            lines.append(_command(folder))
         finally:
             lock.release()
     return lines
