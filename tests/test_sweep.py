@@ -223,8 +223,10 @@ def test_a_failing_run_is_reported_and_the_others_still_run(tmp_path, capsys):
     text = (tmp_path / "sweep" / "runs" / failed.name / "failed.txt").read_text()
     assert text.startswith("ValueError: kernel_size must be odd")
     rows = json.loads((tmp_path / "sweep" / "summary-tiny-quick.json").read_text())["rows"]
-    assert [(r["variant"], r["n"], r["pending"]) for r in rows] == [("ok", 1, 0), ("bad", 0, 1)]
+    counts = [(r["variant"], r["n"], r["pending"], r["failed"]) for r in rows]
+    assert counts == [("ok", 1, 0, 0), ("bad", 0, 0, 1)]
     md = (tmp_path / "sweep" / "summary-tiny-quick.md").read_text()
+    assert "| bad | - | 0 (+1 failed) |" in md
     assert f"{rows[0]['top1_err_mean']:.2f} ± - |" in md  # one seed: no standard deviation
     assert _sweep(grid, "--dir", tmp_path / "sweep") == 1  # tried again, still failing
     assert (

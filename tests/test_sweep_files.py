@@ -23,6 +23,7 @@ from convattn.engine.recipes import save_config
 from convattn.engine.run import Run, read_metrics
 from convattn.sweep import expand, load_grid
 from convattn.sweep.runner import run_sweep
+from convattn.sweep.summary import summarize
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "sweeps"
 RECIPE = {
@@ -181,3 +182,34 @@ def test_the_committed_results_keep_their_run_folders(tmp_path):
         names = {(r.variant, r.seed): f"runs/{r.name}" for r in expand(grid, tmp_path)}
         committed = {(v, e["seed"]): e["run"] for v, es in data["variants"].items() for e in es}
         assert committed == names, index.name
+
+
+def _run_files(folder: Path, top1: float, train_errs: list[float | None]) -> None:
+    """A finished run's summary.json and metrics.jsonl, written by hand."""
+    folder.mkdir(parents=True)
+    row = {"model": "m", "top1_err": top1, "top5_err": 1.0}
+    (folder / "summary.json").write_text(json.dumps([row]))
+    lines = [{"epoch": e, "val_top1_err": top1 + 2 - e, "train_top1_err": t}
+             for e, t in enumerate(train_errs, 1)]  # fmt: skip
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_a_damaged_run_is_left_out_of_the_summary_and_a_missing_value_is_skipped(tmp_path):
+    runs = {"a": [(0, "runs/a0"), (1, "runs/a1"), (2, "runs/a2")], "b": [(0, "runs/b0")]}
+    variants = {v: [{"seed": s, "run": r} for s, r in es] for v, es in runs.items()}
+    index = {"grid": "g", "preset": "quick", "baseline": "a", "epochs": 2, "variants": variants}
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "g-quick.json").write_text(json.dumps(index))
+    _run_files(tmp_path / "runs" / "a0", 10.0, [30.0, 20.0])
+    _run_files(tmp_path / "runs" / "a1", 12.0, [None, 24.0])  # a non-finite loss logged as null
+    _run_files(tmp_path / "runs" / "b0", 11.0, [31.0, 21.0])
+    (tmp_path / "runs" / "a2").mkdir()
+    (tmp_path / "runs" / "a2" / "summary.json").write_text('[{"model": "m", "top1')  # torn
+    summarize(tmp_path)
+    data = json.loads((tmp_path / "summary-g-quick.json").read_text())
+    a = next(r for r in data["rows"] if r["variant"] == "a")
+    assert (a["n"], a["pending"], a["top1_err_mean"]) == (2, 1, 11.0)
+    assert a["top1_err_std"] == pytest.approx(2**0.5)  # sd of 10 and 12, ddof 1
+    curves = data["curves"]["a"]
+    assert curves["val_top1_err"] == [12.0, 11.0]
+    assert curves["train_top1_err"] == [30.0, 22.0]  # epoch 1: only a0's value

@@ -23,6 +23,7 @@ files behind.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from typing import Any
 from ..data.cache import atomic_write
 from ..engine.run import read_metrics
 from .grid import Grid, RunSpec
+from .runner import FAILED_FILE
 
 __all__ = [
     "INDEX_DIR",
@@ -42,6 +44,8 @@ __all__ = [
     "summarize",
     "write_index",
 ]
+
+log = logging.getLogger("convattn")
 
 #: The folder of a sweep's grid indexes.
 INDEX_DIR = "grids"
@@ -85,8 +89,12 @@ def _finished(folder: Path, epochs: int | None) -> dict[str, Any] | None:
     path = folder / "summary.json"
     if not path.is_file():
         return None
-    row = json.loads(path.read_text())[0]
-    records = read_metrics(folder)
+    try:
+        row = json.loads(path.read_text())[0]
+        records = read_metrics(folder)
+    except (ValueError, IndexError, KeyError) as err:
+        log.warning("%s: left out of the summary: %s", folder, err)
+        return None
     if not records or (epochs is not None and records[-1].get("epoch") != epochs):
         return None
     return row
@@ -111,7 +119,8 @@ def _curves(folders: list[Path]) -> dict[str, list[float]]:
     epochs = sorted(set.intersection(*(set(p) for p in per_run)))
     out: dict[str, list[float]] = {"epoch": [float(e) for e in epochs]}
     for key in ("val_top1_err", "train_top1_err"):
-        out[key] = [statistics.fmean(p[e][key] for p in per_run) for e in epochs]
+        values = ([v for p in per_run if (v := p[e].get(key)) is not None] for e in epochs)
+        out[key] = [statistics.fmean(v) if v else math.nan for v in values]  # None: not finite
     return out
 
 
@@ -121,7 +130,9 @@ def _variant_row(
     """The table row of one variant and its mean curves."""
     done = [(e, _finished(sweep / e["run"], epochs)) for e in entries]
     rows = [(e, r) for e, r in done if r is not None]
-    out: dict[str, Any] = {"variant": name, "n": len(rows), "pending": len(entries) - len(rows)}
+    failed = sum(r is None and (sweep / e["run"] / FAILED_FILE).is_file() for e, r in done)
+    out: dict[str, Any] = {"variant": name, "n": len(rows), "failed": failed}
+    out["pending"] = len(entries) - len(rows) - failed
     out["seeds"] = [e["seed"] for e, _ in rows]
     out["runs"] = [e["run"] for e, _ in rows]
     out["model"] = rows[0][1]["model"] if rows else None
@@ -187,7 +198,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "| --- | --- |" + " ---: |" * (len(_HEAD) - 2),
     ]
     for r in summary["rows"]:
-        seeds = f"{r['n']}" + (f" (+{r['pending']} pending)" if r["pending"] else "")
+        seeds = f"{r['n']}" + "".join(f" (+{r[k]} {k})" for k in ("pending", "failed") if r.get(k))
         cells = [
             r["variant"] + (" (baseline)" if r["variant"] == base else ""),
             r["model"] or "-",
