@@ -213,3 +213,41 @@ def test_a_damaged_run_is_left_out_of_the_summary_and_a_missing_value_is_skipped
     curves = data["curves"]["a"]
     assert curves["val_top1_err"] == [12.0, 11.0]
     assert curves["train_top1_err"] == [30.0, 22.0]  # epoch 1: only a0's value
+
+
+KILL_AT_STEP = """
+import os, signal, sys, torch
+from convattn.cli import main
+seen = {"steps": 0}
+def kill(module, args):  # SIGKILL in the first step of epoch 2 (after its checkpoint)
+    if type(module).__name__ == "ResNet" and module.training:
+        seen["steps"] += 1
+        if seen["steps"] == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+torch.nn.modules.module.register_module_forward_pre_hook(kill)
+main(["sweep", sys.argv[1], "--dir", sys.argv[2]])
+"""
+
+
+def test_a_sweep_killed_by_sigkill_resumes_from_its_last_checkpoint(tmp_path):
+    over = {**RECIPE, "schedule.epochs": 2, "run.max_steps": None, "run.threads": 1,
+            "run.deterministic": True, "data.workers": 0}  # fmt: skip
+    data = {"overrides": over, "seeds": [0], "variants": {"p": {"model": "cifar_resnet20"}},
+            "presets": {"quick": {}}}  # fmt: skip
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(data))
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(grid), str(tmp_path / "k")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    (spec,) = expand(load_grid(grid, "quick"), tmp_path / "k" / "runs")
+    folder = tmp_path / "k" / "runs" / spec.name
+    assert [r["epoch"] for r in read_metrics(folder)] == [1]
+    assert not (folder / "summary.json").exists()
+    assert [o.status for o in run_sweep([spec], tmp_path / "k" / "runs")] == ["resumed"]
+    (whole,) = expand(load_grid(grid, "quick"), tmp_path / "w" / "runs")
+    assert [o.status for o in run_sweep([whole], tmp_path / "w" / "runs")] == ["trained"]
+
+    def errors(f: Path) -> list[tuple[int, float, float]]:
+        return [(r["epoch"], r["val_top1_err"], r["train_loss"]) for r in read_metrics(f)]
+
+    assert errors(folder) == errors(tmp_path / "w" / "runs" / whole.name)
