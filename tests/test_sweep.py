@@ -18,6 +18,7 @@ import yaml
 from convattn.cli import main
 from convattn.engine import StopRequested, fit, load_config
 from convattn.engine.lock import RunLocked
+from convattn.engine.setup import build_model
 from convattn.models import read_state_dict
 from convattn.sweep import expand, list_grids, load_grid, run_key
 from convattn.sweep.runner import pending_commands, run_sweep, shard
@@ -372,6 +373,17 @@ def test_grid_errors_name_the_key_and_the_valid_ones(tmp_path, fields, message, 
     assert message in capsys.readouterr().err
 
 
+def _assert_same_network(a, b) -> None:
+    """The configs build the same network: the same parameters, equal at one seed."""
+    nets = []
+    for cfg in (a, b):
+        torch.manual_seed(0)
+        nets.append(build_model(cfg, num_classes=10).state_dict())
+    assert list(nets[0]) == list(nets[1])
+    for k in nets[0]:
+        torch.testing.assert_close(nets[0][k], nets[1][k], rtol=0, atol=0, msg=k)
+
+
 def test_packaged_grids_load_and_reuse_each_others_runs(tmp_path):
     assert set(list_grids()) >= {
         "table4_cifar",
@@ -402,6 +414,9 @@ def test_packaged_grids_load_and_reuse_each_others_runs(tmp_path):
         assert runs["table1_channel_pooling", preset, "avg", 0].name == se
         avg_max = runs["table1_channel_pooling", preset, "avg_max", 1].name
         assert runs["table2_spatial", preset, "channel", 1].name == avg_max
+    for shared in [("table2_spatial", "avgmax_k7"), ("table3_arrangement", "channel_spatial")]:
+        _assert_same_network(runs[(*shared[:1], "quick", shared[1], 0)].config,
+                             runs["table4_cifar", "quick", "cbam", 0].config)  # fmt: skip
     assert ("table1_channel_pooling", "full", "lse", 0) in runs
     assert ("table1_channel_pooling", "quick", "lse", 0) not in runs
     assert {s for (g, p, _, s) in runs if g == "table4_cifar" and p == "quick"} == {0, 1, 2}
