@@ -96,7 +96,8 @@ def test_a_restart_without_a_checkpoint_says_it_removes_the_results_it_finds(
 ):
     monkeypatch.delenv("CONVATTN_DATA", raising=False)
     folder, args = _train_line(tmp_path, capsys)
-    save_config(load_config(folder / "sweep-config.yaml"), folder / "config.yaml")
+    started = load_config(folder / "sweep-config.yaml", {"run.output": "elsewhere/runs"})
+    save_config(started, folder / "config.yaml")  # the same recipe, written from elsewhere
     (folder / "summary.json").write_text("[]\n")
     (folder / "metrics.jsonl").write_text('{"epoch": 7}\n')  # left by an attempt
     with caplog.at_level(logging.WARNING, "convattn"):

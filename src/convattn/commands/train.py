@@ -74,26 +74,6 @@ def _named_folder(cfg: typing.Any) -> Path:
     return Path(cfg.run.output) / cfg.run.name
 
 
-def _start_or_resume(cfg: typing.Any, cls: type) -> tuple[typing.Any, Path | None]:
-    """``(config, resume)`` for ``--resume-existing``: the run's own config to resume its
-    checkpoint with (``cfg``'s execution options applied), or ``cfg`` to start, clearing
-    what an attempt before its first checkpoint left. Another recipe's run is an error."""
-    from ..engine import load_config, resume_config
-    from ..engine.recipes import config_to_dict, flatten
-    from ..engine.resume import EXECUTION_KEYS, check_resume
-    from ..engine.run import clear_start
-
-    folder = _named_folder(cfg)
-    if (folder / "checkpoint.pt").is_file():
-        execution = {k: v for k, v in flatten(config_to_dict(cfg)).items() if k in EXECUTION_KEYS}
-        return resume_config(folder, execution, cls=cls), folder
-    if (folder / "config.yaml").is_file():
-        saved = load_config(folder / "config.yaml", cls=cls)
-        check_resume(saved, cfg, done_epochs=0, where=str(folder))
-        clear_start(folder)
-    return cfg, None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..engine import Config, fit
     from ..engine.run import format_table
@@ -113,6 +93,7 @@ def train_and_report(
     from ..engine import StopRequested, load_config, resume_config
     from ..engine.lock import FolderLock
     from ..engine.recipes import read_recipe
+    from ..engine.resume import start_or_resume
 
     resume = args.resume
     with contextlib.ExitStack() as held:
@@ -123,7 +104,7 @@ def train_and_report(
             cfg = load_config(args.config, overrides_from(args), cls=cls)
             if getattr(args, "resume_existing", False):
                 held.enter_context(FolderLock(_named_folder(cfg)))  # RunLocked if in use
-                cfg, resume = _start_or_resume(cfg, cls)
+                cfg, resume = start_or_resume(cfg, cls)
         try:
             row = fit_fn(cfg, resume=resume)
         except StopRequested as stop:

@@ -21,9 +21,25 @@ from typing import Any, overload
 
 from .checkpoint import load_training_state
 from .config import Config
-from .recipes import T, apply_overrides, config_from_dict, config_to_dict, flatten, merge_sections
+from .recipes import (
+    T,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    flatten,
+    load_config,
+    merge_sections,
+)
+from .run import clear_start
 
-__all__ = ["EXECUTION_KEYS", "check_resume", "checkpoint_file", "resume_config", "saved_config"]
+__all__ = [
+    "EXECUTION_KEYS",
+    "check_resume",
+    "checkpoint_file",
+    "resume_config",
+    "saved_config",
+    "start_or_resume",
+]
 
 #: Config keys that may differ on resume: they decide how a run executes, not what it is.
 EXECUTION_KEYS = frozenset(
@@ -90,6 +106,24 @@ def resume_config(
     cfg = apply_overrides(data, overrides, cls)
     check_resume(saved, cfg, done_epochs=int(ckpt["epoch"]), where=str(resume))
     return cfg
+
+
+def start_or_resume(cfg: Any, cls: type[Any] = Config) -> tuple[Any, Path | None]:
+    """``(config, resume)`` to train ``cfg``'s run folder (``run.output``/``run.name``,
+    its lock held by the caller) with: the run's own config, ``cfg``'s execution options
+    applied, and the folder to resume if it holds a checkpoint; else ``cfg`` and ``None``,
+    having cleared what an attempt before its first checkpoint left. A folder holding
+    another recipe's run raises ``ValueError``."""
+    folder = Path(cfg.run.output) / cfg.run.name
+    if (folder / "checkpoint.pt").is_file():
+        execution = {k: v for k, v in flatten(config_to_dict(cfg)).items() if k in EXECUTION_KEYS}
+        return resume_config(folder, execution, cls=cls), folder
+    if (folder / "config.yaml").is_file():
+        saved = load_config(folder / "config.yaml", cls=cls)
+        saved.run.output, saved.run.name = cfg.run.output, cfg.run.name  # not the recipe
+        check_resume(saved, cfg, done_epochs=0, where=str(folder))
+        clear_start(folder)
+    return cfg, None
 
 
 def check_resume(saved: Any, cfg: Any, *, done_epochs: int, where: str = "") -> list[str]:

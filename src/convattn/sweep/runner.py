@@ -7,10 +7,11 @@ machine is reported "busy" and left to it), then looks at the folder:
 - finished (``summary.json`` written and ``metrics.jsonl`` at the recipe's last epoch):
   skipped;
 - ``checkpoint.pt`` without a finished summary (interrupted, killed or failed after an
-  epoch): resumed with its own recipe, ``fit(resume_config(folder), resume=folder)``;
+  epoch): resumed with its own recipe;
 - otherwise (never started, or failed before its first checkpoint): the leftovers of a
-  start are cleared and the run starts, ``fit(cfg)`` with ``run.output``/``run.name``
-  pointing at the folder.
+  start are cleared and the run starts, with ``run.output``/``run.name`` pointing at the
+  folder (both by :func:`~convattn.engine.resume.start_or_resume`, which
+  ``convattn train --resume-existing`` uses too).
 
 Runs train in this process, one after the other, each with the machine's threads (or
 ``run.threads``). An exception in one run is written to ``failed.txt`` in its folder,
@@ -30,14 +31,13 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..data import DATA_ENV
 from ..engine.fit import StopRequested, fit
 from ..engine.lock import FolderLock
-from ..engine.recipes import config_to_dict, flatten, save_config
-from ..engine.resume import EXECUTION_KEYS, resume_config
-from ..engine.run import clear_start, read_metrics
+from ..engine.recipes import save_config
+from ..engine.resume import start_or_resume
+from ..engine.run import read_metrics
 from .grid import RunSpec
 
 __all__ = [
@@ -107,28 +107,20 @@ def is_finished(folder: Path, epochs: int) -> bool:
     return bool(records) and records[-1].get("epoch") == epochs
 
 
-def _execution(spec: RunSpec) -> dict[str, Any]:
-    flat = flatten(config_to_dict(spec.config))
-    return {k: flat[k] for k in sorted(EXECUTION_KEYS) if k in flat}
-
-
 def _train(spec: RunSpec, folder: Path) -> Outcome:
     """Resume or start the run in ``folder`` (its lock held); failures are recorded."""
-    resume = (folder / "checkpoint.pt").is_file()
+    resume = None
     try:
         (folder / FAILED_FILE).unlink(missing_ok=True)
-        if resume:
-            fit(resume_config(folder, _execution(spec)), resume=folder)
-        else:
-            clear_start(folder)
-            fit(spec.config)
+        cfg, resume = start_or_resume(spec.config)
+        fit(cfg, resume=resume)
     except StopRequested:
         raise
     except Exception as err:  # one run's failure must not end the sweep
         message = f"{type(err).__name__}: {err}"
         (folder / FAILED_FILE).write_text(message + "\n\n" + traceback.format_exc())
         return Outcome(spec, folder, "failed", message)
-    return Outcome(spec, folder, "resumed" if resume else "trained")
+    return Outcome(spec, folder, "resumed" if resume is not None else "trained")
 
 
 def run_one(spec: RunSpec, runs_dir: str | Path) -> Outcome:
