@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--print-commands",
         action="store_true",
-        help="print one `convattn train` command per pending run instead of running",
+        help="print one `convattn train` command per pending run instead of running (the "
+        "same line starts, resumes or restarts its run, so a queue may run it again)",
     )
     p.add_argument("--summarize", metavar="SWEEP_DIR", help="write the summaries of a sweep")
     p.add_argument("--list", action="store_true", help="list the packaged grids")
