@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from convattn._version import __version__, source_commit
 from convattn.cli import main
 from convattn.engine import StopRequested, fit, load_config
 from convattn.engine.lock import RunLocked
@@ -97,6 +98,10 @@ def _by_hand(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
+#: What a run records as its code: this package's version and its sources' commit.
+_CODE = f"convattn {__version__}" + (f" at {source_commit()}" if source_commit() else "")
+
+
 def test_summary_means_and_stds_equal_a_hand_computation_from_the_run_files(swept, capsys):
     _, sweep, runs = swept
     assert _sweep("--summarize", sweep) == 0
@@ -115,6 +120,7 @@ def test_summary_means_and_stds_equal_a_hand_computation_from_the_run_files(swep
             assert row[f"{key}_std"] == pytest.approx(std, abs=1e-12)
             errs[variant, key] = (mean, std)
         assert row["params_m"] == per_run[0]["params_m"]
+        assert {p["code"] for p in per_run} == {_CODE} and row["code"] == [_CODE]
     for key in ("top1_err", "top5_err"):
         (m1, s1), (m0, s0) = errs["se", key], errs["plain", key]
         assert rows["se"][f"d_{key}"] == pytest.approx(m1 - m0, abs=1e-12)

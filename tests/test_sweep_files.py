@@ -185,10 +185,10 @@ def test_the_committed_results_keep_their_run_folders(tmp_path):
         assert committed == names, index.name
 
 
-def _run_files(folder: Path, top1: float, train_errs: list[float | None]) -> None:
+def _run_files(folder: Path, top1: float, train_errs: list[float | None], **extra) -> None:
     """A finished run's summary.json and metrics.jsonl, written by hand."""
     folder.mkdir(parents=True)
-    row = {"model": "m", "top1_err": top1, "top5_err": 1.0}
+    row = {"model": "m", "top1_err": top1, "top5_err": 1.0, **extra}
     (folder / "summary.json").write_text(json.dumps([row]))
     lines = [{"epoch": e, "val_top1_err": top1 + 2 - e, "train_top1_err": t}
              for e, t in enumerate(train_errs, 1)]  # fmt: skip
@@ -201,7 +201,7 @@ def test_a_damaged_run_is_left_out_of_the_summary_and_a_missing_value_is_skipped
     index = {"grid": "g", "preset": "quick", "baseline": "a", "epochs": 2, "variants": variants}
     (tmp_path / "grids").mkdir()
     (tmp_path / "grids" / "g-quick.json").write_text(json.dumps(index))
-    _run_files(tmp_path / "runs" / "a0", 10.0, [30.0, 20.0])
+    _run_files(tmp_path / "runs" / "a0", 10.0, [30.0, 20.0], code="convattn 9.9 at abc")
     _run_files(tmp_path / "runs" / "a1", 12.0, [None, 24.0])  # a non-finite loss logged as null
     _run_files(tmp_path / "runs" / "b0", 11.0, [31.0, 21.0])
     (tmp_path / "runs" / "a2").mkdir()
@@ -214,6 +214,9 @@ def test_a_damaged_run_is_left_out_of_the_summary_and_a_missing_value_is_skipped
     curves = data["curves"]["a"]
     assert curves["val_top1_err"] == [12.0, 11.0]
     assert curves["train_top1_err"] == [30.0, 22.0]  # epoch 1: only a0's value
+    assert a["code"] == ["convattn 9.9 at abc", "not recorded"]
+    md = (tmp_path / "summary-g-quick.md").read_text()
+    assert "Code of the finished runs: convattn 9.9 at abc; not recorded.\n" in md
 
 
 KILL_AT_STEP = """

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .._version import __version__, source_commit
 from ..data import set_epoch
 from ..models import profile
 from .checkpoint import TrainState, export_safetensors
@@ -144,6 +145,7 @@ class _Job(Job):
             "epochs": cfg.schedule.epochs,
             "skipped_files": rec.get("skipped_files", 0),
             "run_dir": str(self.run.dir),
+            "code": f"convattn {__version__}" + (f" at {c}" if (c := source_commit()) else ""),
         }
         self.run.write_summary([row])
         return row

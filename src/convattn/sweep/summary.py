@@ -136,6 +136,7 @@ def _variant_row(
     out["seeds"] = [e["seed"] for e, _ in rows]
     out["runs"] = [e["run"] for e, _ in rows]
     out["model"] = rows[0][1]["model"] if rows else None
+    out["code"] = sorted({r.get("code", "not recorded") for _, r in rows})
     for key in ("top1_err", "top5_err"):
         out[f"{key}_mean"], out[f"{key}_std"] = _mean_std([r[key] for _, r in rows])
     for key in ("params_m", "gmacs", "train_images_per_s", "eval_images_per_s"):
@@ -213,6 +214,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             _num(r["eval_images_per_s"], "{:.0f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    codes = sorted({c for r in summary["rows"] for c in r.get("code", [])})
+    if codes:
+        lines += ["", "Code of the finished runs: " + "; ".join(codes) + "."]
     return "\n".join(lines) + "\n"
 
 
