@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from convattn.cli import main
+from convattn.commands.cam import folder_targets
 from convattn.detection.config import DetectionConfig
 from convattn.detection.draw import COLOURS
 from convattn.detection.engine import fit_detection
@@ -225,7 +226,7 @@ def test_the_page_renders_in_chromium_without_network_on_a_phone_and_a_desktop(
 
 
 def _image_folder(root: Path) -> Path:
-    root.mkdir()
+    root.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / f"{i}.png")
@@ -268,6 +269,22 @@ def test_cam_refuses_bad_input_in_one_line_naming_the_file(runs, tmp_path, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err, err
+
+
+def test_cam_explains_each_images_true_class_named_by_its_folder(runs, tmp_path, capsys):
+    classes = json.loads((runs[1] / "dataset.json").read_text())["classes"]
+    assert folder_targets(classes, [Path(classes[2]) / "a.png", Path(classes[0]) / "b.png"]) == [
+        2,
+        0,
+    ]
+    images = _image_folder(tmp_path / "images" / classes[1])
+    argv = ["cam", str(images), "--model", MODELS[1], "--checkpoint", str(runs[1]),
+            "--target", "folder", "-o", str(tmp_path / "cam.png")]  # fmt: skip
+    assert main(argv) == 0 and (tmp_path / "cam.png").stat().st_size > 10_000
+    stray = _image_folder(tmp_path / "stray")
+    assert main([*argv[:1], str(stray), *argv[2:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "its folder 'stray' is not a class" in err, err
 
 
 def test_report_of_a_folder_that_is_no_run_is_one_clear_error(tmp_path, capsys):

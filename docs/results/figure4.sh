@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CBAM paper's Figure 4 on real images: Grad-CAM of the Imagenette sweep's resnet18 and
-# resnet18_cbam runs (seed 0, quick preset) on a fixed sample of validation images, the
-# first image (by file name) of each of the 10 classes, titled by its true class, with the
-# predicted class and its P under each.
+# resnet18_cbam runs (of seed SEED, quick preset) on a fixed sample of validation images, the
+# first image (by file name) of each of the 10 classes, titled by its true class; under
+# each, as in the paper, the Grad-CAM of the true class and its softmax probability P.
 #
 #   docs/results/figure4.sh [DATA_DIR] [SEED]   # DATA_DIR holds imagenette2-224.tar.gz
 #                                               # (default ../shared/data); SEED 0
@@ -48,9 +48,9 @@ with tarfile.open(archive) as tar:
             if wnid not in first or path.name < PurePosixPath(first[wnid].name).name:
                 first[wnid] = member
     for wnid, member in sorted(first.items()):
-        member.name = f"{wnid}-{NAMES.get(wnid, 'image')}{PurePosixPath(member.name).suffix}"
+        member.name = f"{wnid}/{NAMES.get(wnid, 'image')}{PurePosixPath(member.name).suffix}"
         tar.extract(member, out, filter="data")
 print(f"{len(first)} validation images, one per class")
 EOF
 "$py" -m convattn cam "$sample" --model resnet18 --checkpoint "$plain" \
-    --compare resnet18_cbam --checkpoint2 "$cbam" -o "$out"
+    --compare resnet18_cbam --checkpoint2 "$cbam" --target folder -o "$out"
