@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-LINT := $(wildcard src tests benchmarks)
+LINT := $(wildcard src tests benchmarks docs)
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint format bench clean
