@@ -135,7 +135,7 @@ def test_errors_are_one_line(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and named in err, err
 
-    fails(["detect", "train", "--config", "nope"], "packaged detection recipes: demo, ssd_demo")
+    fails(["detect", "train", "--config", "nope"], "named without a folder: demo, ssd_demo")
     fails(["detect", "train", *TINY, "--detector", "yolo", "--output", str(tmp_path)],
           "'faster_rcnn'")  # fmt: skip
     fails(["detect", "train", "--config", "ssd_demo", "--size", "64", "--output", str(tmp_path)],

@@ -25,7 +25,7 @@ def test_a_missing_recipe_or_grid_names_itself_and_lists_the_packaged_ones(tmp_p
     with pytest.raises(FileNotFoundError) as e:
         load_config(tmp_path / "cifar11.yaml")
     assert str(e.value).startswith(f"recipe file not found: {tmp_path / 'cifar11.yaml'} (")
-    assert "cifar10, cifar10_quick," in str(e.value)
+    assert "(packaged recipes, named without a folder: cifar10, cifar10_quick," in str(e.value)
     with pytest.raises(FileNotFoundError, match=r"grid file not found: tabel4 \(.*table4_cifar"):
         grid_path("tabel4")
     assert load_config("cifar10.yaml").schedule.epochs == load_config("cifar10").schedule.epochs

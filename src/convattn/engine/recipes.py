@@ -127,14 +127,13 @@ def packaged_file(path: str | Path, folder: Path, what: str) -> Path:
     p = Path(path)
     if p.is_file():
         return p
-    if len(p.parts) > 1:  # a path, not a name: never fall back to a packaged file
-        raise FileNotFoundError(f"{what} file not found: {p} (a packaged {what} is named "
-                                f"without a folder, e.g. {p.stem})")  # fmt: skip
     packaged = folder / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
-    if packaged.is_file():
+    if len(p.parts) == 1 and packaged.is_file():  # a name; a path never falls back
         return packaged
     names = ", ".join(sorted(f.stem for f in folder.glob("*.yaml")))
-    raise FileNotFoundError(f"{what} file not found: {p} (packaged {what}s: {names})")
+    raise FileNotFoundError(
+        f"{what} file not found: {p} (packaged {what}s, named without a folder: {names})"
+    )
 
 
 def recipe_path(path: str | Path) -> Path:
