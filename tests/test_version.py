@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from convattn._version import SOURCE_ROOT, __version__, source_commit
+from convattn._version import SOURCE_ROOT, __version__, code_record, source_commit
 
 
 def test_the_version_is_the_installed_packages():
@@ -25,6 +25,7 @@ def test_the_source_commit_is_the_checkouts_head():
     commit = source_commit()
     assert commit is not None and re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", commit)
     assert head.startswith(commit[:12])
+    assert code_record() == f"convattn {__version__} at {commit}"
 
 
 def test_outside_a_checkout_there_is_no_commit(tmp_path):

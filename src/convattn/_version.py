@@ -35,3 +35,10 @@ def source_commit(root: Path = SOURCE_ROOT) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
+
+
+def code_record() -> str:
+    """``"convattn <version> at <commit>"`` (without the commit outside a checkout): what a
+    run records as the code that trained it. The commit is read once per process."""
+    commit = source_commit()
+    return f"convattn {__version__}" + (f" at {commit}" if commit else "")

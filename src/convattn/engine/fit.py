@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .._version import __version__, source_commit
+from .._version import code_record
 from ..data import set_epoch
 from ..models import profile
 from .checkpoint import TrainState, export_safetensors
@@ -74,6 +74,7 @@ class _Job(Job):
             "%s: %.2fM parameters, %s (%d classes), %d steps/epoch, lr %.4g, run folder %s",
             c.model, params / 1e6, d.info.name, d.info.num_classes, d.steps, c.lr, self.run.dir,
         )  # fmt: skip
+        log.info("code: %s", code_record())  # read now, while the sources are the ones loaded
 
     def epoch(self, epoch: int, stop: SignalStop) -> None:
         """Train, evaluate, checkpoint and record epoch ``epoch`` (0-based)."""
@@ -145,7 +146,7 @@ class _Job(Job):
             "epochs": cfg.schedule.epochs,
             "skipped_files": rec.get("skipped_files", 0),
             "run_dir": str(self.run.dir),
-            "code": f"convattn {__version__}" + (f" at {c}" if (c := source_commit()) else ""),
+            "code": code_record(),
         }
         self.run.write_summary([row])
         return row
