@@ -3,8 +3,9 @@
 ``convattn sweep GRID... [--preset quick] [--dir sweeps]`` runs every run of the grids
 that is not finished, one at a time (see :mod:`convattn.sweep.runner`);
 ``--print-commands`` prints a ``convattn train`` command per pending run instead;
-``--shard K/N`` takes the K-th of N shares; ``--summarize SWEEP_DIR`` writes the tables
-and plots (also written after every finished run).
+``--shard K/N`` takes the K-th of N shares; ``--backend ray [--address ...]`` hands the
+runs to Ray as tasks (:mod:`convattn.sweep.ray_backend`); ``--summarize SWEEP_DIR``
+writes the tables and plots (also written after every finished run).
 """
 
 from __future__ import annotations
@@ -50,6 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print one `convattn train` command per pending run instead of running (the "
         "same line starts, resumes or restarts its run, so a queue may run it again)",
     )
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one run at a time in this process; ray: one Ray task per run, side by "
+        "side (needs the 'ray' extra)",
+    )
+    p.add_argument(
+        "--address",
+        help="the Ray cluster to join; without it $RAY_ADDRESS's, else a local instance",
+    )
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs (threads) a run")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs a run")
     p.add_argument("--summarize", metavar="SWEEP_DIR", help="write the summaries of a sweep")
     p.add_argument("--list", action="store_true", help="list the packaged grids")
     p.set_defaults(func=run)
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         from ..data import DATA_ENV
 
         os.environ[DATA_ENV] = str(Path(args.data_dir).expanduser().resolve())
+    runner = _runner(args)
     grids, runs, sweep_dir = _runs(args)
     if args.print_commands:
         from ..sweep.runner import pending_commands
@@ -124,32 +139,65 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(pending_commands(runs, sweep_dir / "runs")))
         return 0
     _check_data(runs)
-    return _run(grids, runs, sweep_dir)
+    return _run(grids, runs, sweep_dir, runner)
 
 
-def _run(grids: list[Any], runs: list[Any], sweep_dir: Path) -> int:
+def _check_backend(args: argparse.Namespace) -> None:
+    given = {
+        "--address": args.address is not None,
+        "--cpus-per-run": args.cpus_per_run != 1.0,
+        "--gpus-per-run": args.gpus_per_run != 0.0,
+    }
+    ray_only = [flag for flag, set_ in given.items() if set_]
+    if args.backend != "ray" and ray_only:
+        raise ValueError(f"{', '.join(ray_only)} only go with --backend ray")
+    if args.backend == "ray" and args.print_commands:
+        raise ValueError("--print-commands prints commands for a queue; drop --backend ray")
+
+
+def _runner(args: argparse.Namespace) -> Any:
+    """``run_sweep`` or its Ray counterpart, with the backend's options bound; fails
+    here, before any file is written, on options that do not fit or a missing Ray."""
+    _check_backend(args)
+    if args.backend == "local":
+        from ..sweep.runner import run_sweep
+
+        return run_sweep
+    from functools import partial
+
+    from ..sweep.ray_backend import require_ray, run_sweep_ray
+
+    require_ray()
+    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+        raise ValueError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
+    return partial(run_sweep_ray, address=args.address, cpus_per_run=args.cpus_per_run,
+                   gpus_per_run=args.gpus_per_run)  # fmt: skip
+
+
+def _run(grids: list[Any], runs: list[Any], sweep_dir: Path, runner: Any) -> int:
     from ..engine import StopRequested
-    from ..sweep.runner import run_sweep
     from ..sweep.summary import summarize
 
     labels = [g.label for g in grids]
     try:
-        outcomes = run_sweep(
+        outcomes = runner(
             runs, sweep_dir / "runs", after_run=lambda _: summarize(sweep_dir, labels)
         )
     except StopRequested as stop:
-        print(f"sweep stopped; checkpoint saved: {stop}. Run the same command to go on.")
+        print(f"sweep stopped; saved: {stop}. Run the same command to go on.")
         return 130
     for md in summarize(sweep_dir, labels):
         print(f"summary: {md}")
     counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "resumed", "skipped")}
     busy = [o for o in outcomes if o.status == "busy"]
     failed = [o for o in outcomes if o.status == "failed"]
-    print(", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(busy)} running elsewhere, "
-          f"{len(failed)} failed")  # fmt: skip
+    stopped = sum(o.status == "stopped" for o in outcomes)  # Ray tasks signalled on a worker
+    line = ", ".join(f"{n} {s}" for s, n in counts.items())
+    line += f", {len(busy)} running elsewhere, {len(failed)} failed"
+    print(line + (f", {stopped} stopped (resumable)" if stopped else ""))
     for o in failed:
         print(f"failed: {o.folder}: {o.detail} (see {o.folder / 'failed.txt'})", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed else 130 if stopped else 0
 
 
 def _summarize(sweep_dir: Path) -> int:

@@ -47,6 +47,7 @@ __all__ = [
     "is_finished",
     "parse_shard",
     "pending_commands",
+    "report",
     "run_one",
     "run_sweep",
     "shard",
@@ -63,7 +64,8 @@ log = logging.getLogger("convattn")
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one run: "trained", "resumed", "skipped", "busy" or "failed"."""
+    """What happened to one run: "trained", "resumed", "skipped", "busy", "failed", or
+    "stopped" (a Ray task cancelled or signalled; its checkpoint is kept)."""
 
     spec: RunSpec
     folder: Path
@@ -137,6 +139,22 @@ def run_one(spec: RunSpec, runs_dir: str | Path) -> Outcome:
         lock.release()
 
 
+def report(
+    outcome: Outcome,
+    where: str,
+    after_run: Callable[[Outcome], None] | None,
+    echo: Callable[[str], None],
+) -> None:
+    """Print ``outcome`` (prefixed ``where``, e.g. ``[3/8]``) and call ``after_run`` if
+    the run trained or resumed; an error in ``after_run`` is logged, not raised."""
+    echo(f"{where} {outcome.status}" + (f": {outcome.detail}" if outcome.detail else ""))
+    if after_run is not None and outcome.status in ("trained", "resumed"):
+        try:
+            after_run(outcome)
+        except Exception as err:  # e.g. a summary that cannot be written now
+            log.warning("after run %s: %s: %s", outcome.folder, type(err).__name__, err)
+
+
 def run_sweep(
     runs: Sequence[RunSpec],
     runs_dir: str | Path,
@@ -149,17 +167,8 @@ def run_sweep(
     outcomes = []
     for i, spec in enumerate(runs, 1):
         echo(f"[{i}/{len(runs)}] {spec.variant} seed {spec.seed}: {Path(runs_dir) / spec.name}")
-        outcome = run_one(spec, runs_dir)
-        outcomes.append(outcome)
-        echo(
-            f"[{i}/{len(runs)}] {outcome.status}"
-            + (f": {outcome.detail}" if outcome.detail else "")
-        )
-        if after_run is not None and outcome.status in ("trained", "resumed"):
-            try:
-                after_run(outcome)
-            except Exception as err:  # e.g. a summary that cannot be written now
-                log.warning("after run %s: %s: %s", outcome.folder, type(err).__name__, err)
+        outcomes.append(run_one(spec, runs_dir))
+        report(outcomes[-1], f"[{i}/{len(runs)}]", after_run, echo)
     return outcomes
 
 
