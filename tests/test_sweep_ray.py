@@ -20,22 +20,12 @@ from convattn.data import DATA_ENV
 from convattn.engine.run import read_metrics
 from convattn.sweep import expand, load_grid
 from convattn.sweep.runner import run_sweep
+from test_sweep import RECIPE as SWEEP_RECIPE
 
-#: Two steps of 8 images a run; one thread each, so a Ray task and this process compute
-#: the same numbers.
-RECIPE = {
-    "data.path": "tiny",
-    "data.batch_size": 8,
-    "data.workers": 0,
-    "data.augment": "none",
-    "optim.lr": 0.05,
-    "schedule.epochs": 1,
-    "schedule.kind": "cosine",
-    "run.max_steps": 2,
-    "run.progress": False,
-    "run.deterministic": True,
-    "run.threads": 1,
-}
+#: test_sweep's two-step runs on the image folder, 8 images a step; one thread each, so
+#: a Ray task and this process compute the same numbers.
+RECIPE = {**SWEEP_RECIPE, "data.path": "tiny", "data.batch_size": 8, "data.augment": "none",
+          "run.threads": 1}  # fmt: skip
 
 
 def _tree(root: Path) -> Path:
