@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINT)
 
 test: lint
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 format: $(STAMP)
 	$(BIN)/ruff format $(LINT)

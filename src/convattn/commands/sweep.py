@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--address",
         help="the Ray cluster to join; without it $RAY_ADDRESS's, else a local instance",
     )
-    p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs (threads) a run")
-    p.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs a run")
+    p.add_argument("--cpus-per-run", type=float, help="Ray: CPUs (threads) a run; default 1")
+    p.add_argument("--gpus-per-run", type=float, help="Ray: GPUs a run, 0 to 1; default 0")
     p.add_argument("--summarize", metavar="SWEEP_DIR", help="write the summaries of a sweep")
     p.add_argument("--list", action="store_true", help="list the packaged grids")
     p.set_defaults(func=run)
@@ -143,19 +144,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_backend(args: argparse.Namespace) -> None:
-    given = {
-        "--address": args.address is not None,
-        "--cpus-per-run": args.cpus_per_run != 1.0,
-        "--gpus-per-run": args.gpus_per_run != 0.0,
-    }
-    ray_only = [flag for flag, set_ in given.items() if set_]
+    given = {"--address": args.address, "--cpus-per-run": args.cpus_per_run,
+             "--gpus-per-run": args.gpus_per_run}  # fmt: skip
+    ray_only = [flag for flag, value in given.items() if value is not None]
     if args.backend != "ray" and ray_only:
-        raise ValueError(f"{', '.join(ray_only)} only go with --backend ray")
+        raise ValueError(f"{' and '.join(ray_only)}: for --backend ray only")
     if args.backend == "ray" and args.print_commands:
         raise ValueError("--print-commands prints commands for a queue; drop --backend ray")
 
 
-def _runner(args: argparse.Namespace) -> Any:
+def _runner(args: argparse.Namespace) -> Callable[..., list[Any]]:
     """``run_sweep`` or its Ray counterpart, with the backend's options bound; fails
     here, before any file is written, on options that do not fit or a missing Ray."""
     _check_backend(args)
@@ -168,13 +166,17 @@ def _runner(args: argparse.Namespace) -> Any:
     from ..sweep.ray_backend import require_ray, run_sweep_ray
 
     require_ray()
-    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
-        raise ValueError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
-    return partial(run_sweep_ray, address=args.address, cpus_per_run=args.cpus_per_run,
-                   gpus_per_run=args.gpus_per_run)  # fmt: skip
+    cpus = 1.0 if args.cpus_per_run is None else args.cpus_per_run
+    gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
+    if not (cpus > 0 and 0 <= gpus <= 1):
+        raise ValueError("--cpus-per-run must be > 0 and --gpus-per-run from 0 to 1 (a run "
+                         "trains on one GPU at most under Ray)")  # fmt: skip
+    return partial(run_sweep_ray, address=args.address, cpus_per_run=cpus, gpus_per_run=gpus)
 
 
-def _run(grids: list[Any], runs: list[Any], sweep_dir: Path, runner: Any) -> int:
+def _run(
+    grids: list[Any], runs: list[Any], sweep_dir: Path, runner: Callable[..., list[Any]]
+) -> int:
     from ..engine import StopRequested
     from ..sweep.summary import summarize
 

@@ -5,38 +5,48 @@ on a worker, under the same rules as the local runner: the run folder's lock, fi
 runs skipped, interrupted ones resumed, a failure written to ``failed.txt``. So Ray
 sweeps, local sweeps and job-queue commands may share one sweep folder. The tasks run
 side by side as far as the cluster's resources allow (``cpus_per_run`` CPUs and
-``gpus_per_run`` GPUs each); the summaries are refreshed on the driver as runs finish. A
-task whose worker dies (out of memory, a segfault) is reported failed and the others go
-on; running the sweep again resumes it from its last checkpoint.
+``gpus_per_run`` GPUs each, at most one GPU: a run does not spread over GPUs here); the
+summaries are refreshed on the driver as runs finish. A task whose worker dies (out of
+memory, a segfault) is reported failed, with ``failed.txt`` written by the driver, and
+the others go on; running the sweep again resumes it from its last checkpoint.
 
 Ray is an extra (``pip install 'convattn[ray]'``), imported only here. A cluster's nodes
 need convattn installed and must see the sweep folder and the datasets at the same
 absolute paths (a shared file system): each task works in the driver's working directory
 and gets its ``$CONVATTN_DATA``, so the run folders, their configs and the data paths are
-those a local sweep would have. A task's torch threads are its ``cpus_per_run`` unless the recipe
-sets ``run.threads``; a task given a GPU trains on it (``run.device`` "auto" and Ray's
-``CUDA_VISIBLE_DEVICES``). Without ``address`` Ray joins the cluster ``$RAY_ADDRESS``
-names, or starts a local instance that ends with the sweep. Ctrl-C cancels the tasks;
-each stops after its current step and saves its checkpoint, and the same command
-resumes them.
+those a local sweep would have. A task's torch threads are its ``cpus_per_run`` unless
+the recipe sets ``run.threads``; with ``run.device`` "auto" a task given a GPU trains on
+it and one given none on the CPU. Without ``address`` Ray joins the cluster
+``$RAY_ADDRESS`` names, or else starts a local instance that ends with the sweep.
+
+The driver must stay up while the tasks run. Ctrl-C or SIGTERM cancels the tasks: each
+one in its training loop stops after its current step and saves its checkpoint, queued
+ones never start, and the same command resumes them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..data import DATA_ENV
 from ..engine.job import StopRequested
 from .grid import RunSpec
-from .runner import Outcome, report, run_one
+from .runner import FAILED_FILE, Outcome, is_finished, report, run_one
 
 __all__ = ["require_ray", "run_sweep_ray"]
 
 #: How long a cancelled sweep waits for its tasks to save their checkpoints (seconds).
 CANCEL_WAIT_S = 120.0
+
+log = logging.getLogger("convattn")
 
 
 def require_ray() -> Any:
@@ -50,12 +60,15 @@ def require_ray() -> Any:
 
 def _task(spec: RunSpec, cwd: str, runs_dir: str, data: str | None, threads: int) -> Outcome:
     """One run on a Ray worker (a module-level function, so workers import it), in the
-    driver's working directory, so relative paths mean what they mean there."""
+    driver's working directory, so relative paths mean what they mean there. Workers are
+    reused, so everything a task sets is set by every task."""
     import torch
 
     os.chdir(cwd)
     if data:
         os.environ[DATA_ENV] = data
+    else:
+        os.environ.pop(DATA_ENV, None)
     if not spec.config.run.threads:
         torch.set_num_threads(threads)
     try:
@@ -64,15 +77,106 @@ def _task(spec: RunSpec, cwd: str, runs_dir: str, data: str | None, threads: int
         return Outcome(spec, Path(runs_dir) / spec.name, "stopped", f"checkpoint {stop}")
 
 
+def _on_cpu(spec: RunSpec) -> RunSpec:
+    """``spec`` with ``run.device`` "cpu" where it is "auto" (an execution option, so the
+    run is the same): Ray hides no GPU from a task that asked for none."""
+    if spec.config.run.device != "auto":
+        return spec
+    run = dataclasses.replace(spec.config.run, device="cpu")
+    return dataclasses.replace(spec, config=dataclasses.replace(spec.config, run=run))
+
+
 def _start(ray: Any, address: str | None) -> bool:
     """Connect to or start Ray unless connected; whether this call started it."""
     if ray.is_initialized():
         return False
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        ray.init(include_dashboard=False)
+        ray.init(address="local", include_dashboard=False)
     else:
         ray.init(address=address)
     return True
+
+
+def _check_room(ray: Any, cpus: float, gpus: float, started: bool) -> None:
+    """Fail (a local instance) or warn (a cluster, which may grow) when no node is big
+    enough for one run: its tasks would wait for ever."""
+    have = ray.cluster_resources()
+    cpu_have, gpu_have = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    if cpus <= cpu_have and gpus <= gpu_have:
+        return
+    text = f"a run asks for {cpus:g} CPUs and {gpus:g} GPUs; Ray has {cpu_have:g} and {gpu_have:g}"
+    if started:
+        raise ValueError(text)
+    log.warning("%s: the runs wait until the cluster grows", text)
+
+
+def _dead_worker(spec: RunSpec, folder: Path, err: Exception) -> Outcome:
+    """The outcome of a task whose worker died or was lost, recorded in ``failed.txt``."""
+    cause = getattr(err, "cause", None) or err
+    lines = str(cause).strip().splitlines()
+    message = f"{type(cause).__name__}: {lines[0] if lines else ''}"
+    run = folder / spec.name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / FAILED_FILE).write_text(f"{message}\n\n{err}\n")
+    return Outcome(spec, run, "failed", message)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, so it cancels the tasks as Ctrl-C does (Ray's
+    own handler would end the driver and let the tasks die without a checkpoint)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _cancel(ray: Any, pending: dict[Any, RunSpec], folder: Path) -> NoReturn:
+    """Cancel the tasks in ``pending``, wait for them to save, raise StopRequested."""
+    for ref in pending:
+        ray.cancel(ref)
+    late: list[Any] = []
+    if pending:
+        _, late = ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
+    text = f"the checkpoints of the tasks that were training ({len(pending)} cancelled in {folder})"
+    if late:
+        text += f"; {len(late)} had not stopped after {CANCEL_WAIT_S:g} s"
+    raise StopRequested(text)
+
+
+def _dispatch(ray: Any, runs: Sequence[RunSpec], folder: Path, cpus: float, gpus: float,
+              done: int, total: int, after_run: Callable[[Outcome], None] | None,
+              echo: Callable[[str], None]) -> list[Outcome]:  # fmt: skip
+    """Submit ``runs`` as tasks and report each as it ends (numbered after ``done``)."""
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_task)
+    args = (os.getcwd(), str(folder), os.environ.get(DATA_ENV), max(1, int(cpus)))
+    pending: dict[Any, RunSpec] = {}
+    outcomes: list[Outcome] = []
+    try:
+        for spec in runs:
+            pending[task.remote(spec if gpus else _on_cpu(spec), *args)] = spec
+        echo(f"{len(runs)} runs handed to Ray ({cpus:g} CPUs, {gpus:g} GPUs each)")
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            spec = pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayError as err:  # the worker died, or the task was lost
+                outcome = _dead_worker(spec, folder, err)
+            outcomes.append(outcome)
+            where = f"[{done + len(outcomes)}/{total}] {spec.variant} seed {spec.seed}:"
+            report(outcome, where, after_run, echo)
+    except KeyboardInterrupt:
+        _cancel(ray, pending, folder)
+    return outcomes
 
 
 def run_sweep_ray(
@@ -85,47 +189,33 @@ def run_sweep_ray(
     after_run: Callable[[Outcome], None] | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    """Run ``runs`` as Ray tasks; outcomes in the order the runs end.
+    """Run ``runs`` as Ray tasks; the finished ones first, then in the order runs end.
 
-    Raises :class:`~convattn.engine.job.StopRequested` after Ctrl-C, once the cancelled
-    tasks have saved their checkpoints (or :data:`CANCEL_WAIT_S` has passed).
+    Finished runs are skipped here without Ray, which starts only if a run is left.
+    Raises :class:`~convattn.engine.job.StopRequested` after Ctrl-C or SIGTERM, once
+    the cancelled tasks have saved their checkpoints (or :data:`CANCEL_WAIT_S` passed).
     """
-    if cpus_per_run <= 0 or gpus_per_run < 0:
-        got = f"got {cpus_per_run} and {gpus_per_run}"
-        raise ValueError(f"cpus_per_run must be > 0 and gpus_per_run >= 0; {got}")
+    if not (cpus_per_run > 0 and 0 <= gpus_per_run <= 1):
+        got = f"got {cpus_per_run:g} and {gpus_per_run:g}"
+        raise ValueError(f"cpus_per_run must be > 0 and gpus_per_run in [0, 1]; {got}")
+    folder = Path(runs_dir)
+    finished = {s.name for s in runs if is_finished(folder / s.name, s.config.schedule.epochs)}
+    left = [s for s in runs if s.name not in finished]
+    skipped = [
+        Outcome(s, folder / s.name, "skipped", "finished") for s in runs if s.name in finished
+    ]
+    for i, outcome in enumerate(skipped, 1):
+        report(outcome, f"[{i}/{len(runs)}] {outcome.spec.variant} seed {outcome.spec.seed}:",
+               None, echo)  # fmt: skip
+    if not left:
+        return skipped
     ray = require_ray()
     started = _start(ray, address)
-    folder, cwd = Path(runs_dir), os.getcwd()
-    task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(_task)
-    data, threads = os.environ.get(DATA_ENV), max(1, int(cpus_per_run))
-    pending = {task.remote(s, cwd, str(folder), data, threads): s for s in runs}
-    echo(f"{len(pending)} runs handed to Ray ({cpus_per_run:g} CPUs, {gpus_per_run:g} GPUs each)")
-    outcomes: list[Outcome] = []
     try:
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            spec = pending.pop(ref)
-            try:
-                outcome = ray.get(ref)
-            except ray.exceptions.RayError as err:  # the worker died, or the task was lost
-                outcome = Outcome(spec, folder / spec.name, "failed", _first_line(err))
-            outcomes.append(outcome)
-            where = f"[{len(outcomes)}/{len(runs)}] {spec.variant} seed {spec.seed}:"
-            report(outcome, where, after_run, echo)
-    except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref)
-        if pending:
-            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
-        raise StopRequested(
-            f"the checkpoints of the {len(pending)} cancelled runs under {folder}"
-        ) from None
+        with _sigterm_as_interrupt():
+            _check_room(ray, cpus_per_run, gpus_per_run, started)
+            return skipped + _dispatch(ray, left, folder, cpus_per_run, gpus_per_run,
+                                       len(skipped), len(runs), after_run, echo)  # fmt: skip
     finally:
         if started:
             ray.shutdown()
-    return outcomes
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
