@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -58,13 +59,15 @@ def _grid(folder: Path, variants: dict, **overrides: object) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _restore_data_env():
-    """``--data-dir`` sets ``$CONVATTN_DATA`` in this process; undo it after each test."""
-    before = os.environ.pop(DATA_ENV, None)
+def _restore_process_state():
+    """``--data-dir`` sets ``$CONVATTN_DATA`` and runs in this process set torch's threads;
+    undo both after each test."""
+    before, threads = os.environ.pop(DATA_ENV, None), torch.get_num_threads()
     yield
     os.environ.pop(DATA_ENV, None)
     if before is not None:
         os.environ[DATA_ENV] = before
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
