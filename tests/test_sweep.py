@@ -19,6 +19,7 @@ from convattn._version import __version__, source_commit
 from convattn.cli import main
 from convattn.engine import StopRequested, fit, load_config
 from convattn.engine.lock import RunLocked
+from convattn.engine.run import read_metrics
 from convattn.engine.setup import build_model
 from convattn.models import read_state_dict
 from convattn.sweep import expand, list_grids, load_grid, run_key
@@ -119,6 +120,10 @@ def test_summary_means_and_stds_equal_a_hand_computation_from_the_run_files(swep
             assert row[f"{key}_mean"] == pytest.approx(mean, abs=1e-12)
             assert row[f"{key}_std"] == pytest.approx(std, abs=1e-12)
             errs[variant, key] = (mean, std)
+        losses = [read_metrics(f.parent)[-1]["train_loss"] for f in files]
+        mean, std = _by_hand(losses)
+        assert row["train_loss_mean"] == pytest.approx(mean, abs=1e-12)
+        assert row["train_loss_std"] == pytest.approx(std, abs=1e-12)
         assert row["params_m"] == per_run[0]["params_m"]
         assert {p["code"] for p in per_run} == {_CODE} and row["code"] == [_CODE]
     for key in ("top1_err", "top5_err"):
@@ -131,6 +136,8 @@ def test_summary_means_and_stds_equal_a_hand_computation_from_the_run_files(swep
     text = (sweep / "summary-tiny-quick.md").read_text()
     m, s = errs["se", "top1_err"]
     assert f"| se | cifar_resnet20_se | 2 | {m:.2f} ± {s:.2f} |" in text
+    loss = rows["se"]
+    assert f" | {loss['train_loss_mean']:.3f} ± {loss['train_loss_std']:.3f} | " in text
     assert (sweep / "summary-tiny-quick.png").stat().st_size > 10_000
     curve = summary["curves"]["se"]
     assert curve["epoch"] == [1.0] and curve["val_top1_err"] == [pytest.approx(m)]

@@ -2,11 +2,12 @@
 
     python docs/results/paper_tables.py [SWEEP_DIR]    # default docs/results/sweeps
 
-Reads each grid's ``summary-<grid>-quick.json`` (written by ``convattn sweep``) and, for
-the per-seed column, the ``summary.json`` of each run it lists. Prints one Markdown table
+Reads each grid's ``summary-<grid>-quick.json`` (written by ``convattn sweep``; rewrite
+them with ``convattn sweep --summarize docs/results/sweeps``) and, for the per-seed
+column, the ``summary.json`` of each run it lists. Prints one Markdown table
 per paper table: our mean ± sample standard deviation over seeds, the difference from the
 grid's baseline with its spread, each seed's top-1 error, the mean ± sd of the training
-loss over the last epoch (with augmentation, as the run logged it), and the paper's ImageNet
+loss of the last epoch (with augmentation, as the run logged it), and the paper's ImageNet
 ResNet-50 top-1 / top-5 error with its difference from the paper's row for the same
 baseline. Below each table, the variants ranked by mean top-1 error, ours and the paper's.
 """
@@ -14,7 +15,6 @@ baseline. Below each table, the variants ranked by mean top-1 error, ours and th
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -69,18 +69,12 @@ def _pm(mean: float | None, std: float | None, signed: bool = False, digits: int
     return text if std is None else f"{text} ± {std:.{digits}f}"
 
 
-def _seeds(sweep: Path, row: dict) -> tuple[str, str]:
-    """Each seed's top-1 error, and the mean ± sd of the last epoch's training loss."""
-    errs, losses = [], []
+def _seeds(sweep: Path, row: dict) -> str:
+    errs = []
     for run in row["runs"]:
         summary = json.loads((sweep / run / "summary.json").read_text())
         errs.append(f"{summary[0]['top1_err']:.2f}")
-        last = (sweep / run / "metrics.jsonl").read_text().strip().splitlines()[-1]
-        losses.append(json.loads(last)["train_loss"])
-    if not losses:
-        return "-", "-"
-    sd = statistics.stdev(losses) if len(losses) > 1 else None
-    return ", ".join(errs), _pm(statistics.mean(losses), sd, digits=3)
+    return ", ".join(errs) or "-"
 
 
 def _paper_cell(paper: dict, variant: str, base: str) -> str:
@@ -120,7 +114,8 @@ def table(sweep: Path, grid: str) -> str:
             _pm(row["top1_err_mean"], row["top1_err_std"]),
             _pm(row["top5_err_mean"], row["top5_err_std"]),
             _pm(row["d_top1_err"], row["d_top1_err_spread"], signed=True),
-            *_seeds(sweep, row),
+            _seeds(sweep, row),
+            _pm(row.get("train_loss_mean"), row.get("train_loss_std"), digits=3),
             _paper_cell(paper, name, base),
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -8,8 +8,11 @@ the run folder of each variant and seed. :func:`summarize` reads the indexes and
 
 - one row per variant: the number of finished seeds, the final-epoch validation top-1 and
   top-5 error as mean and sample standard deviation (``ddof=1``; with one seed there is
-  none, shown "-"), parameters (M), GFLOPs (multiply-accumulates, as the paper counts),
-  training and evaluation images/s (means over seeds);
+  none, shown "-"), the same of the last epoch's training loss (the mean over that
+  epoch's steps, as ``metrics.jsonl`` records it: far less noisy than the validation
+  error, so it shows how well each variant fits its training set), parameters (M),
+  GFLOPs (multiply-accumulates, as the paper counts), training and evaluation images/s
+  (means over seeds);
 - the difference of each variant's mean error from the baseline's, with its spread
   ``sqrt(s1^2 / n1 + s2^2 / n2)`` (the standard error of a difference of two independent
   means, as in Welch's t-test; "-" unless both have two seeds or more);
@@ -97,7 +100,7 @@ def _finished(folder: Path, epochs: int | None) -> dict[str, Any] | None:
         return None
     if not records or (epochs is not None and records[-1].get("epoch") != epochs):
         return None
-    return row
+    return {**row, "train_loss": records[-1].get("train_loss")}
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -139,6 +142,8 @@ def _variant_row(
     out["code"] = sorted({r.get("code", "not recorded") for _, r in rows})
     for key in ("top1_err", "top5_err"):
         out[f"{key}_mean"], out[f"{key}_std"] = _mean_std([r[key] for _, r in rows])
+    losses = [r["train_loss"] for _, r in rows if r["train_loss"] is not None]
+    out["train_loss_mean"], out["train_loss_std"] = _mean_std(losses)
     for key in ("params_m", "gmacs", "train_images_per_s", "eval_images_per_s"):
         vals = [r[key] for _, r in rows if r.get(key) is not None]
         out[key] = statistics.fmean(vals) if vals else None
@@ -169,11 +174,11 @@ def grid_summary(sweep_dir: str | Path, index: dict[str, Any]) -> dict[str, Any]
     return {**{k: index.get(k) for k in keys}, "rows": rows, "curves": curves}
 
 
-def _pm(mean: float | None, std: float | None, signed: bool = False) -> str:
+def _pm(mean: float | None, std: float | None, signed: bool = False, digits: int = 2) -> str:
     if mean is None:
         return "-"
-    m = f"{mean:+.2f}" if signed else f"{mean:.2f}"
-    return f"{m} ± {'-' if std is None else f'{std:.2f}'}"
+    m = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return f"{m} ± {'-' if std is None else f'{std:.{digits}f}'}"
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -181,7 +186,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 _HEAD = ("variant", "model", "seeds", "top-1 err (%)", "top-5 err (%)", "Δ top-1", "Δ top-5",
-         "params (M)", "GFLOPs", "train img/s", "eval img/s")  # fmt: skip
+         "train loss", "params (M)", "GFLOPs", "train img/s", "eval img/s")  # fmt: skip
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -193,7 +198,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [
         f"Validation error after the last epoch ({summary.get('epochs')}), mean ± sample "
         f"standard deviation (ddof = 1) over the seeds. Δ: difference of the means from the "
-        f'baseline `{base}`, ± sqrt(s1²/n1 + s2²/n2). "-": not available (one seed).',
+        f'baseline `{base}`, ± sqrt(s1²/n1 + s2²/n2). "-": not available (one seed). '
+        "Train loss: the mean over the last epoch's steps, mean ± standard deviation over "
+        "the seeds.",
         "",
         "| " + " | ".join(_HEAD) + " |",
         "| --- | --- |" + " ---: |" * (len(_HEAD) - 2),
@@ -208,6 +215,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             _pm(r["top5_err_mean"], r["top5_err_std"]),
             _pm(r["d_top1_err"], r["d_top1_err_spread"], signed=True),
             _pm(r["d_top5_err"], r["d_top5_err_spread"], signed=True),
+            _pm(r.get("train_loss_mean"), r.get("train_loss_std"), digits=3),
             _num(r["params_m"], "{:.3f}"),
             _num(r["gmacs"], "{:.4f}"),
             _num(r["train_images_per_s"], "{:.0f}"),
