@@ -98,8 +98,9 @@ def _start(ray: Any, address: str | None) -> bool:
 
 
 def _check_room(ray: Any, cpus: float, gpus: float, started: bool) -> None:
-    """Fail (a local instance) or warn (a cluster, which may grow) when no node is big
-    enough for one run: its tasks would wait for ever."""
+    """Fail (a local instance) or warn (a cluster, which may grow) when the whole of Ray
+    has fewer CPUs or GPUs than one run asks for: its tasks would wait for ever. (A
+    cluster with enough in all but no node big enough is not caught.)"""
     have = ray.cluster_resources()
     cpu_have, gpu_have = have.get("CPU", 0.0), have.get("GPU", 0.0)
     if cpus <= cpu_have and gpus <= gpu_have:
