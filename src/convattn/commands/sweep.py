@@ -163,14 +163,12 @@ def _runner(args: argparse.Namespace) -> Callable[..., list[Any]]:
         return run_sweep
     from functools import partial
 
-    from ..sweep.ray_backend import require_ray, run_sweep_ray
+    from ..sweep.ray_backend import check_resources, require_ray, run_sweep_ray
 
     require_ray()
     cpus = 1.0 if args.cpus_per_run is None else args.cpus_per_run
     gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
-    if not (cpus > 0 and 0 <= gpus <= 1):
-        raise ValueError("--cpus-per-run must be > 0 and --gpus-per-run from 0 to 1 (a run "
-                         "trains on one GPU at most under Ray)")  # fmt: skip
+    check_resources(cpus, gpus)  # before any file is written
     return partial(run_sweep_ray, address=args.address, cpus_per_run=cpus, gpus_per_run=gpus)
 
 

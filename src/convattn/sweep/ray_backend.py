@@ -41,7 +41,7 @@ from ..engine.job import StopRequested
 from .grid import RunSpec
 from .runner import FAILED_FILE, Outcome, is_finished, report, run_one
 
-__all__ = ["require_ray", "run_sweep_ray"]
+__all__ = ["check_resources", "require_ray", "run_sweep_ray"]
 
 #: How long a cancelled sweep waits for its tasks to save their checkpoints (seconds).
 CANCEL_WAIT_S = 120.0
@@ -56,6 +56,14 @@ def require_ray() -> Any:
     except ImportError:
         raise ValueError("--backend ray needs Ray: pip install 'convattn[ray]'") from None
     return ray
+
+
+def check_resources(cpus: float, gpus: float) -> None:
+    """One-line error unless a run asks for more than 0 CPUs and 0 to 1 GPUs."""
+    if not (cpus > 0 and 0 <= gpus <= 1):
+        got = f"got {cpus:g} and {gpus:g}"
+        raise ValueError("--cpus-per-run must be > 0 and --gpus-per-run from 0 to 1 (a run "
+                         f"trains on one GPU at most under Ray); {got}")  # fmt: skip
 
 
 def _task(spec: RunSpec, cwd: str, runs_dir: str, data: str | None, threads: int) -> Outcome:
@@ -196,9 +204,7 @@ def run_sweep_ray(
     Raises :class:`~convattn.engine.job.StopRequested` after Ctrl-C or SIGTERM, once
     the cancelled tasks have saved their checkpoints (or :data:`CANCEL_WAIT_S` passed).
     """
-    if not (cpus_per_run > 0 and 0 <= gpus_per_run <= 1):
-        got = f"got {cpus_per_run:g} and {gpus_per_run:g}"
-        raise ValueError(f"cpus_per_run must be > 0 and gpus_per_run in [0, 1]; {got}")
+    check_resources(cpus_per_run, gpus_per_run)
     folder = Path(runs_dir)
     finished = {s.name for s in runs if is_finished(folder / s.name, s.config.schedule.epochs)}
     left = [s for s in runs if s.name not in finished]
